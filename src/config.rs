@@ -1,0 +1,259 @@
+//! The operator's configuration: one YAML file, light-oauth2's `oauth-token.yml` equivalent.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration;
+use crate::policy::PolicyRule;
+use crate::token::VersionClaim;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// `iss` of every token.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// `aud` of every token unless a client asks for another it may use.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    #[serde(default)]
+    pub version_claim: VersionClaim,
+    #[serde(default)]
+    pub bootstrap: BootstrapConfig,
+    #[serde(default)]
+    pub signing: SigningConfig,
+    /// When non-empty, a service id must match at least one rule to get a token.
+    #[serde(default)]
+    pub policy: Vec<PolicyRule>,
+    #[serde(default)]
+    pub endpoint: crate::endpoint::EndpointConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BootstrapConfig {
+    /// `client_id` of every bootstrap token: always the operator's, never the requester's.
+    #[serde(default = "default_bootstrap_client_id")]
+    pub client_id: String,
+    /// `scope` of every bootstrap token.
+    #[serde(default)]
+    pub scope: Vec<String>,
+    #[serde(default = "default_lifetime", with = "duration::serde_go")]
+    pub lifetime: Duration,
+    /// Re-issue when less than this remains; default a third of the lifetime, as cert-manager.
+    #[serde(default, deserialize_with = "duration::serde_go::option")]
+    pub renew_before: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SigningConfig {
+    /// `kid` of the active key, in every token header.
+    #[serde(default = "default_kid")]
+    pub kid: String,
+    /// Secret (in the operator's namespace) holding the active key; created when absent.
+    #[serde(default = "default_key_secret")]
+    pub key_secret: String,
+    /// Keys rotated out: published and accepted for verification, never used to sign.
+    #[serde(default)]
+    pub previous_keys: Vec<PreviousKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreviousKey {
+    pub kid: String,
+    pub key_secret: String,
+}
+
+fn default_issuer() -> String {
+    "urn:com:networknt:oauth2:v1".into()
+}
+fn default_audience() -> String {
+    "urn:com.networknt".into()
+}
+fn default_bootstrap_client_id() -> String {
+    "f7d42348-c647-4efb-a52d-4c5787421e00".into()
+}
+fn default_lifetime() -> Duration {
+    Duration::from_secs(315_360_000)
+}
+fn default_kid() -> String {
+    "100".into()
+}
+fn default_key_secret() -> String {
+    "bootstrap-token-signing-key".into()
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        BootstrapConfig {
+            client_id: default_bootstrap_client_id(),
+            scope: Vec::new(),
+            lifetime: default_lifetime(),
+            renew_before: None,
+        }
+    }
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            kid: default_kid(),
+            key_secret: default_key_secret(),
+            previous_keys: Vec::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("the empty config is valid")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses and checks the whole file; the message names the field and says why.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| e.to_string())?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.issuer.is_empty() {
+            return Err("issuer: must not be empty".into());
+        }
+        if self.audience.is_empty() {
+            return Err("audience: must not be empty".into());
+        }
+        if self.bootstrap.client_id.is_empty() {
+            return Err("bootstrap.clientId: must not be empty".into());
+        }
+        if let Some(i) = self.bootstrap.scope.iter().position(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+            return Err(format!("bootstrap.scope[{i}]: a scope is one non-empty word without whitespace"));
+        }
+        if self.bootstrap.lifetime < Duration::from_secs(1) {
+            return Err("bootstrap.lifetime: must be at least 1s".into());
+        }
+        if let Some(renew) = self.bootstrap.renew_before
+            && renew >= self.bootstrap.lifetime
+        {
+            return Err(format!(
+                "bootstrap.renewBefore: {} must be shorter than bootstrap.lifetime {}",
+                duration::format(renew),
+                duration::format(self.bootstrap.lifetime)
+            ));
+        }
+        if self.signing.kid.is_empty() {
+            return Err("signing.kid: must not be empty".into());
+        }
+        if self.signing.key_secret.is_empty() {
+            return Err("signing.keySecret: must not be empty".into());
+        }
+        for (i, rule) in self.policy.iter().enumerate() {
+            rule.validate().map_err(|why| format!("policy[{i}].{why}"))?;
+        }
+        self.endpoint.validate().map_err(|why| format!("endpoint.{why}"))?;
+        Ok(())
+    }
+
+    /// How long before expiry a token is re-issued, given its lifetime.
+    pub fn renew_before(&self, lifetime: Duration) -> Duration {
+        match self.bootstrap.renew_before {
+            Some(renew) if renew < lifetime => renew,
+            _ => lifetime / 3,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_seed_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.issuer, "urn:com:networknt:oauth2:v1");
+        assert_eq!(config.audience, "urn:com.networknt");
+        assert_eq!(config.version_claim, VersionClaim::Version);
+        assert_eq!(config.bootstrap.client_id, "f7d42348-c647-4efb-a52d-4c5787421e00");
+        assert_eq!(config.bootstrap.lifetime, Duration::from_secs(315_360_000));
+        assert_eq!(config.signing.kid, "100");
+        assert_eq!(config.renew_before(config.bootstrap.lifetime), Duration::from_secs(105_120_000));
+    }
+
+    #[test]
+    fn reads_a_full_file() {
+        let config = Config::parse(
+            r#"
+issuer: https://issuer.example
+audience: urn:example
+versionClaim: ver
+bootstrap:
+  clientId: abc
+  scope: [one, two]
+  lifetime: 24h
+  renewBefore: 1h
+signing:
+  kid: "7"
+  keySecret: my-key
+  previousKeys: [{kid: "6", keySecret: old-key}]
+policy:
+  - namespaces: ["team-*"]
+    serviceIds: ["com.example.*"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.version_claim, VersionClaim::Ver);
+        assert_eq!(config.bootstrap.scope, ["one", "two"]);
+        assert_eq!(config.renew_before(config.bootstrap.lifetime), Duration::from_secs(3600));
+        assert_eq!(config.signing.previous_keys[0].key_secret, "old-key");
+        assert_eq!(config.policy.len(), 1);
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let cases = [
+            ("bootstrap:\n  lifetime: ten years\n", "bootstrap.lifetime"),
+            ("bootstrap:\n  lifetim: 1h\n", "lifetim"),
+            ("versionClaim: v\n", "versionClaim"),
+            ("bootstrap:\n  lifetime: 1h\n  renewBefore: 2h\n", "bootstrap.renewBefore"),
+            ("bootstrap:\n  scope: [\"a b\"]\n", "bootstrap.scope[0]"),
+            ("signing:\n  kid: \"\"\n", "signing.kid"),
+            ("policy:\n  - serviceIds: [\"\"]\n", "policy[0].serviceIds"),
+        ];
+        for (text, field) in cases {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.contains(field), "{text:?}: {err:?} should name {field}");
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! The BootstrapToken controller: policy check → sign (or re-use) → Secret by server-side apply →
+//! status. Every token in the cluster is issued by this one reconcile path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::duration;
+use crate::policy;
+use crate::resource::{
+    BootstrapToken, BootstrapTokenStatus, MANAGED_BY_LABEL, MANAGER, TOKEN_KEY, annotations,
+};
+use crate::token::store::{KeyProvider, StoreError};
+use crate::token::{Claims, KeySet, new_jti};
+
+/// Long requeues are capped: a periodic look also catches drift that no watch event reports.
+const MAX_REQUEUE: Duration = Duration::from_secs(3600);
+/// A foreign Secret is not watched, so look again now and then to see whether it went away.
+const CONFLICT_REQUEUE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("signing keys unavailable: {0}")]
+    KeyUnavailable(#[from] StoreError),
+}
+
+impl Error {
+    /// The `Ready=False` reason a failure shows on the object.
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "ApiError",
+            Error::KeyUnavailable(_) => "KeyUnavailable",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: Arc<Config>,
+    pub keys: Arc<KeyProvider>,
+    pub recorder: Recorder,
+    /// Consecutive failures per object, for exponential back-off.
+    failures: Mutex<HashMap<ObjectRef<BootstrapToken>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Arc<Config>, keys: Arc<KeyProvider>, recorder: Recorder) -> Self {
+        Context {
+            client,
+            config,
+            keys,
+            recorder,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// Why a new token was signed instead of re-using the one in the Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IssueReason {
+    SecretMissing,
+    TokenInvalid(String),
+    Changed(&'static str),
+    RenewalDue,
+    Requested,
+}
+
+impl std::fmt::Display for IssueReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IssueReason::SecretMissing => write!(f, "the Secret holds no token"),
+            IssueReason::TokenInvalid(why) => write!(f, "the token in the Secret does not verify: {why}"),
+            IssueReason::Changed(what) => write!(f, "{what} changed"),
+            IssueReason::RenewalDue => write!(f, "renewal time reached"),
+            IssueReason::Requested => write!(f, "re-issue requested by the {} annotation", annotations::REISSUE),
+        }
+    }
+}
+
+/// What the token for this object must look like; anything else in the Secret is replaced.
+struct Expected<'a> {
+    config: &'a Config,
+    sid: &'a str,
+    lifetime: Duration,
+    renew_before: Duration,
+    reissue: Option<&'a str>,
+}
+
+impl Expected<'_> {
+    fn claims(&self, now: i64) -> Claims {
+        Claims {
+            iss: self.config.issuer.clone(),
+            aud: self.config.audience.clone(),
+            exp: now + self.lifetime.as_secs() as i64,
+            jti: new_jti(),
+            iat: now,
+            nbf: now - crate::token::NOT_BEFORE_SKEW_SECS,
+            version_claim: self.config.version_claim,
+            version: crate::token::TOKEN_VERSION.into(),
+            client_id: self.config.bootstrap.client_id.clone(),
+            scope: self.config.bootstrap.scope.clone(),
+            sid: Some(self.sid.to_string()),
+        }
+    }
+
+    /// The token in `secret` if it may be kept, else why not.
+    fn reusable(&self, keys: &KeySet, secret: Option<&Secret>, now: i64) -> Result<(String, Claims, String), IssueReason> {
+        let token = secret
+            .and_then(|s| s.data.as_ref()?.get(TOKEN_KEY))
+            .ok_or(IssueReason::SecretMissing)?;
+        let token = std::str::from_utf8(&token.0)
+            .map_err(|_| IssueReason::TokenInvalid("not UTF-8".into()))?;
+        let verified = keys
+            .verify(token)
+            .map_err(|e| IssueReason::TokenInvalid(e.to_string()))?;
+        let claims = verified.claims;
+        let recorded_reissue = secret
+            .and_then(|s| s.annotations().get(annotations::REISSUE))
+            .map(String::as_str);
+        let template = self.claims(now);
+        let changed = if claims.sid != template.sid {
+            Some("serviceId")
+        } else if claims.exp - claims.iat != self.lifetime.as_secs() as i64 {
+            Some("lifetime")
+        } else if claims.iss != template.iss {
+            Some("issuer")
+        } else if claims.aud != template.aud {
+            Some("audience")
+        } else if claims.client_id != template.client_id {
+            Some("bootstrap client id")
+        } else if claims.scope != template.scope {
+            Some("bootstrap scope")
+        } else if claims.version_claim != template.version_claim || claims.version != template.version {
+            Some("version claim")
+        } else {
+            None
+        };
+        if let Some(what) = changed {
+            return Err(IssueReason::Changed(what));
+        }
+        if recorded_reissue != self.reissue {
+            return Err(IssueReason::Requested);
+        }
+        if now >= claims.exp - self.renew_before.as_secs() as i64 {
+            return Err(IssueReason::RenewalDue);
+        }
+        Ok((token.to_string(), claims, verified.kid))
+    }
+}
+
+/// The result of one reconcile, as the status shows it.
+enum Outcome {
+    Ready { claims: Claims, kid: String, renewal: i64 },
+    NotReady { reason: &'static str, message: String },
+}
+
+pub async fn reconcile(bt: Arc<BootstrapToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match issue(&bt, &ctx).await {
+        Ok((outcome, action)) => {
+            write_status(&bt, &ctx, &outcome).await?;
+            ctx.failures.lock().expect("not poisoned").remove(&ObjectRef::from(&*bt));
+            Ok(action)
+        }
+        Err(error) => {
+            let outcome = Outcome::NotReady {
+                reason: error.reason(),
+                message: error.to_string(),
+            };
+            // A failure to record the failure must not hide the failure itself.
+            if let Err(status_error) = write_status(&bt, &ctx, &outcome).await {
+                tracing::warn!(error = %status_error, "could not record the failure on the status");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Exponential back-off per object: 5 s, 10 s, … capped at 5 minutes.
+pub fn error_policy(bt: Arc<BootstrapToken>, error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures.lock().expect("not poisoned");
+    let count = failures.entry(ObjectRef::from(&*bt)).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = Duration::from_secs(5u64.saturating_mul(1 << (*count - 1).min(6))).min(Duration::from_secs(300));
+    tracing::warn!(%error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), Error> {
+    let namespace = bt.namespace().unwrap_or_default();
+    let secret_name = bt.secret_name();
+    let config = &*ctx.config;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    let lifetime = match bt.spec.lifetime.as_deref().map(duration::parse).transpose() {
+        Ok(lifetime) => lifetime.unwrap_or(config.bootstrap.lifetime),
+        Err(e) => return Ok(not_ready("InvalidSpec", format!("spec.lifetime: {e}"))),
+    };
+    let renew_before = match bt.spec.renew_before.as_deref().map(duration::parse).transpose() {
+        Ok(Some(renew)) if renew >= lifetime => {
+            return Ok(not_ready("InvalidSpec", "spec.renewBefore must be shorter than the lifetime".into()));
+        }
+        Ok(renew) => renew.unwrap_or_else(|| config.renew_before(lifetime)),
+        Err(e) => return Ok(not_ready("InvalidSpec", format!("spec.renewBefore: {e}"))),
+    };
+
+    let existing = secrets.get_opt(&secret_name).await?;
+    if let Some(secret) = &existing
+        && !controlled_by(secret, bt)
+    {
+        let message = format!("Secret {secret_name} exists and is not owned by this BootstrapToken; it is left untouched");
+        return Ok((Outcome::NotReady { reason: "SecretConflict", message }, Action::requeue(CONFLICT_REQUEUE)));
+    }
+
+    if !policy::allows(&config.policy, &namespace, &bt.spec.service_id) {
+        // A token the policy no longer allows must not stay mounted.
+        if existing.is_some() {
+            secrets.delete(&secret_name, &DeleteParams::default()).await?;
+        }
+        let message = format!(
+            "the operator's policy does not allow service id {:?} in namespace {namespace}",
+            bt.spec.service_id
+        );
+        return Ok(not_ready("Forbidden", message));
+    }
+
+    let keys = ctx.keys.get().await?;
+    let now = Timestamp::now().as_second();
+    let expected = Expected {
+        config,
+        sid: &bt.spec.service_id,
+        lifetime,
+        renew_before,
+        reissue: bt.annotations().get(annotations::REISSUE).map(String::as_str),
+    };
+    let (token, claims, kid, issued) = match expected.reusable(keys, existing.as_ref(), now) {
+        Ok((token, claims, kid)) => (token, claims, kid, None),
+        Err(reason) => {
+            let claims = expected.claims(now);
+            let signer = keys.active();
+            (signer.sign(&claims), claims, signer.kid().to_string(), Some(reason))
+        }
+    };
+
+    let desired = desired_secret(bt, &secret_name, &token, &claims, &kid, expected.reissue);
+    if issued.is_some() || existing.as_ref().is_none_or(|s| !secret_matches(s, &desired)) {
+        secrets
+            .patch(&secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
+            .await?;
+    }
+    if let Some(reason) = issued {
+        let first = bt.status.as_ref().and_then(|s| s.token_id.as_ref()).is_none();
+        let (event_reason, note) = if first {
+            ("Issued", format!("issued token {} for {}", claims.jti, bt.spec.service_id))
+        } else {
+            ("Reissued", format!("issued token {} for {}: {reason}", claims.jti, bt.spec.service_id))
+        };
+        tracing::info!(jti = %claims.jti, %reason, "issued token");
+        publish(ctx, bt, EventType::Normal, event_reason, note).await;
+    }
+
+    let renewal = claims.exp - renew_before.as_secs() as i64;
+    let wait = Duration::from_secs(u64::try_from(renewal - now).unwrap_or(0).max(1)).min(MAX_REQUEUE);
+    Ok((Outcome::Ready { claims, kid, renewal }, Action::requeue(wait)))
+}
+
+fn not_ready(reason: &'static str, message: String) -> (Outcome, Action) {
+    (Outcome::NotReady { reason, message }, Action::await_change())
+}
+
+fn controlled_by(secret: &Secret, bt: &BootstrapToken) -> bool {
+    secret.owner_references().iter().any(|owner| {
+        owner.controller == Some(true) && Some(&owner.uid) == bt.metadata.uid.as_ref()
+    })
+}
+
+fn desired_secret(
+    bt: &BootstrapToken,
+    name: &str,
+    token: &str,
+    claims: &Claims,
+    kid: &str,
+    reissue: Option<&str>,
+) -> Secret {
+    let template = bt.spec.secret_template.clone().unwrap_or_default();
+    let mut labels = template.labels;
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGER.into());
+    let mut notes = template.annotations;
+    notes.insert(annotations::SERVICE_ID.into(), bt.spec.service_id.clone());
+    notes.insert(annotations::TOKEN_ID.into(), claims.jti.clone());
+    notes.insert(annotations::KEY_ID.into(), kid.into());
+    notes.insert(annotations::EXPIRES_AT.into(), rfc3339(claims.exp));
+    if let Some(reissue) = reissue {
+        notes.insert(annotations::REISSUE.into(), reissue.into());
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: bt.namespace(),
+            labels: Some(labels),
+            annotations: Some(notes),
+            owner_references: bt.controller_owner_ref(&()).map(|owner| vec![owner]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), ByteString(token.as_bytes().to_vec()))])),
+        ..Default::default()
+    }
+}
+
+/// Whether the Secret already holds everything we would apply, and nothing we applied earlier
+/// that we no longer want (a label dropped from `secretTemplate`).
+fn secret_matches(existing: &Secret, desired: &Secret) -> bool {
+    let contains = |have: Option<&BTreeMap<String, String>>, want: Option<&BTreeMap<String, String>>| {
+        let empty = BTreeMap::new();
+        let have = have.unwrap_or(&empty);
+        want.unwrap_or(&empty).iter().all(|(k, v)| have.get(k) == Some(v))
+    };
+    let owned_but_unwanted = |field: &str, want: Option<&BTreeMap<String, String>>| {
+        applied_keys(existing, field)
+            .iter()
+            .any(|key| want.is_none_or(|want| !want.contains_key(key)))
+    };
+    let token = |s: &Secret| s.data.as_ref().and_then(|d| d.get(TOKEN_KEY)).cloned();
+    existing.type_ == desired.type_
+        && token(existing) == token(desired)
+        && contains(existing.metadata.labels.as_ref(), desired.metadata.labels.as_ref())
+        && contains(existing.metadata.annotations.as_ref(), desired.metadata.annotations.as_ref())
+        && !owned_but_unwanted("f:labels", desired.metadata.labels.as_ref())
+        && !owned_but_unwanted("f:annotations", desired.metadata.annotations.as_ref())
+        && existing.metadata.owner_references == desired.metadata.owner_references
+}
+
+/// The label or annotation keys our field manager applied, from `managedFields`.
+fn applied_keys(secret: &Secret, field: &str) -> Vec<String> {
+    secret
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| entry.manager.as_deref() == Some(MANAGER) && entry.operation.as_deref() == Some("Apply"))
+        .filter_map(|entry| entry.fields_v1.as_ref()?.0.get("f:metadata")?.get(field)?.as_object().cloned())
+        .flat_map(|keys| keys.into_iter().filter_map(|(k, _)| k.strip_prefix("f:").map(str::to_string)).collect::<Vec<_>>())
+        .collect()
+}
+
+fn rfc3339(seconds: i64) -> String {
+    Timestamp::from_second(seconds).map(|t| t.to_string()).unwrap_or_default()
+}
+
+async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> Result<(), Error> {
+    let previous = bt.status.clone().unwrap_or_default();
+    let previous_ready = bt.ready_condition();
+    let (status, reason, message) = match outcome {
+        Outcome::Ready { claims, .. } => (
+            "True",
+            "Issued",
+            format!("token {} for {} expires {}", claims.jti, bt.spec.service_id, rfc3339(claims.exp)),
+        ),
+        Outcome::NotReady { reason, message } => ("False", *reason, message.clone()),
+    };
+    let mut next = match outcome {
+        Outcome::Ready { claims, kid, renewal } => BootstrapTokenStatus {
+            secret_name: Some(bt.secret_name()),
+            key_id: Some(kid.clone()),
+            token_id: Some(claims.jti.clone()),
+            not_before: Some(rfc3339(claims.nbf)),
+            expires_at: Some(rfc3339(claims.exp)),
+            renewal_time: Some(rfc3339(*renewal)),
+            ..Default::default()
+        },
+        // Keep what was issued last: the Secret (if any) still holds that token.
+        Outcome::NotReady { .. } => previous.clone(),
+    };
+    next.observed_generation = bt.metadata.generation;
+    let unchanged = previous_ready.is_some_and(|c| c.status == status && c.reason == reason);
+    let last_transition_time = match previous_ready {
+        Some(c) if unchanged => c.last_transition_time.clone(),
+        _ => Time(Timestamp::now()),
+    };
+    next.conditions = vec![Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.clone(),
+        observed_generation: bt.metadata.generation,
+        last_transition_time,
+    }];
+    if next == previous {
+        return Ok(());
+    }
+    let api: Api<BootstrapToken> = Api::namespaced(ctx.client.clone(), &bt.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": BootstrapToken::api_version(&()),
+        "kind": BootstrapToken::kind(&()),
+        "status": next,
+    });
+    api.patch_status(&bt.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    if status == "False" && !unchanged {
+        publish(ctx, bt, EventType::Warning, reason, message).await;
+    }
+    Ok(())
+}
+
+/// Events are best effort: failing to record one must not fail the reconcile.
+async fn publish(ctx: &Context, bt: &BootstrapToken, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &bt.object_ref(&())).await {
+        tracing::warn!(%error, reason, "could not publish event");
+    }
+}
+
+/// Runs the controller until `shutdown` resolves, over all namespaces or the given ones.
+pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static) {
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    let apis: Vec<(Api<BootstrapToken>, Api<Secret>)> = if namespaces.is_empty() {
+        vec![(Api::all(ctx.client.clone()), Api::all(ctx.client.clone()))]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)))
+            .collect()
+    };
+    let controllers = apis.into_iter().map(|(tokens, secrets)| {
+        Controller::new(tokens, watcher::Config::default())
+            .owns(secrets, owned.clone())
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "reconcile loop");
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
+}
+
+/// Fails with a how-to when the CRD is missing, instead of retrying watches forever.
+pub async fn ensure_crd_installed(client: &Client, namespaces: &[String]) -> Result<(), String> {
+    let api: Api<BootstrapToken> = match namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(
+            "the BootstrapToken CRD (bootstraptokens.bootstraptoken.dev) is not installed: \
+             run `kubectl apply -f crds/` or `bootstrap-token-operator crd | kubectl apply -f -`"
+                .into(),
+        ),
+        Err(e) => Err(format!("listing BootstrapTokens: {e}")),
+    }
+}

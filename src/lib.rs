@@ -1,0 +1,11 @@
+//! bootstrap-token-operator: issues long-lived bootstrap tokens (RS256 JWTs) into Secrets and
+//! serves an OAuth 2.0 token endpoint.
+
+pub mod config;
+pub mod controller;
+pub mod duration;
+pub mod endpoint;
+pub mod policy;
+pub mod resource;
+pub mod telemetry;
+pub mod token;

@@ -1,0 +1,129 @@
+//! The `BootstrapToken` custom resource (`bootstraptoken.dev/v1alpha1`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "bootstraptoken.dev";
+/// Field manager and `app.kubernetes.io/managed-by` value of everything the operator writes.
+pub const MANAGER: &str = "bootstrap-token-operator";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// Annotations, on the BootstrapToken (reissue) and on the Secret (the rest).
+pub mod annotations {
+    /// Any new value forces a new token.
+    pub const REISSUE: &str = "bootstraptoken.dev/reissue";
+    pub const SERVICE_ID: &str = "bootstraptoken.dev/service-id";
+    pub const TOKEN_ID: &str = "bootstraptoken.dev/token-id";
+    pub const KEY_ID: &str = "bootstraptoken.dev/key-id";
+    pub const EXPIRES_AT: &str = "bootstraptoken.dev/expires-at";
+}
+
+/// The Secret data key holding the compact JWT.
+pub const TOKEN_KEY: &str = "token";
+
+/// A long-lived bootstrap token for one service, kept in a Secret.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "bootstraptoken.dev",
+    version = "v1alpha1",
+    kind = "BootstrapToken",
+    namespaced,
+    shortname = "bt",
+    status = "BootstrapTokenStatus",
+    derive = "PartialEq",
+    doc = "A long-lived bootstrap token (RS256 JWT) for one service, kept in a Secret.",
+    printcolumn(name = "Service ID", type_ = "string", json_path = ".spec.serviceId"),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.renewBefore) || !has(self.lifetime) || duration(self.renewBefore) < duration(self.lifetime)",
+    "message": "renewBefore must be shorter than lifetime"
+}]))]
+pub struct BootstrapTokenSpec {
+    /// The service the token is for; becomes the `sid` claim.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[!-~]+$"))]
+    pub service_id: String,
+    /// Name of the Secret that receives the token; default `<metadata.name>-bootstrap-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    pub secret_name: Option<String>,
+    /// Validity of the token as a Go duration (`87600h`); default from the operator's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = crate::duration::PATTERN), extend("x-kubernetes-validations" = [{
+        "rule": "duration(self) >= duration('1s')",
+        "message": "lifetime must be at least 1s"
+    }]))]
+    pub lifetime: Option<String>,
+    /// Re-issue when less than this remains (Go duration); default a third of the lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = crate::duration::PATTERN))]
+    pub renew_before: Option<String>,
+    /// Labels and annotations copied onto the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SecretTemplate {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapTokenStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// `kid` of the key that signed the current token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// `jti` of the current token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// When the operator will re-issue the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
+}
+
+impl BootstrapToken {
+    pub fn secret_name(&self) -> String {
+        self.spec.secret_name.clone().unwrap_or_else(|| {
+            format!("{}-bootstrap-token", self.metadata.name.as_deref().unwrap_or_default())
+        })
+    }
+
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+    }
+}
+
+/// The CRD as YAML, exactly what `make manifests` writes to `crds/`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let mut yaml = String::from("# Generated by `bootstrap-token-operator crd` (make manifests); do not edit.\n");
+    yaml.push_str(&serde_yaml::to_string(&BootstrapToken::crd()).expect("the CRD serialises"));
+    yaml
+}
