@@ -158,8 +158,15 @@ impl Config {
         if self.bootstrap.client_id.is_empty() {
             return Err("bootstrap.clientId: must not be empty".into());
         }
-        if let Some(i) = self.bootstrap.scope.iter().position(|s| s.is_empty() || s.contains(char::is_whitespace)) {
-            return Err(format!("bootstrap.scope[{i}]: a scope is one non-empty word without whitespace"));
+        if let Some(i) = self
+            .bootstrap
+            .scope
+            .iter()
+            .position(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            return Err(format!(
+                "bootstrap.scope[{i}]: a scope is one non-empty word without whitespace"
+            ));
         }
         if self.bootstrap.lifetime < Duration::from_secs(1) {
             return Err("bootstrap.lifetime: must be at least 1s".into());
@@ -180,9 +187,12 @@ impl Config {
             return Err("signing.keySecret: must not be empty".into());
         }
         for (i, rule) in self.policy.iter().enumerate() {
-            rule.validate().map_err(|why| format!("policy[{i}].{why}"))?;
+            rule.validate()
+                .map_err(|why| format!("policy[{i}].{why}"))?;
         }
-        self.endpoint.validate().map_err(|why| format!("endpoint.{why}"))?;
+        self.endpoint
+            .validate()
+            .map_err(|why| format!("endpoint.{why}"))?;
         Ok(())
     }
 
@@ -205,10 +215,16 @@ mod tests {
         assert_eq!(config.issuer, "urn:com:networknt:oauth2:v1");
         assert_eq!(config.audience, "urn:com.networknt");
         assert_eq!(config.version_claim, VersionClaim::Version);
-        assert_eq!(config.bootstrap.client_id, "f7d42348-c647-4efb-a52d-4c5787421e00");
+        assert_eq!(
+            config.bootstrap.client_id,
+            "f7d42348-c647-4efb-a52d-4c5787421e00"
+        );
         assert_eq!(config.bootstrap.lifetime, Duration::from_secs(315_360_000));
         assert_eq!(config.signing.kid, "100");
-        assert_eq!(config.renew_before(config.bootstrap.lifetime), Duration::from_secs(105_120_000));
+        assert_eq!(
+            config.renew_before(config.bootstrap.lifetime),
+            Duration::from_secs(105_120_000)
+        );
     }
 
     #[test]
@@ -235,7 +251,10 @@ policy:
         .unwrap();
         assert_eq!(config.version_claim, VersionClaim::Ver);
         assert_eq!(config.bootstrap.scope, ["one", "two"]);
-        assert_eq!(config.renew_before(config.bootstrap.lifetime), Duration::from_secs(3600));
+        assert_eq!(
+            config.renew_before(config.bootstrap.lifetime),
+            Duration::from_secs(3600)
+        );
         assert_eq!(config.signing.previous_keys[0].key_secret, "old-key");
         assert_eq!(config.policy.len(), 1);
     }
@@ -246,7 +265,10 @@ policy:
             ("bootstrap:\n  lifetime: ten years\n", "bootstrap.lifetime"),
             ("bootstrap:\n  lifetim: 1h\n", "lifetim"),
             ("versionClaim: v\n", "versionClaim"),
-            ("bootstrap:\n  lifetime: 1h\n  renewBefore: 2h\n", "bootstrap.renewBefore"),
+            (
+                "bootstrap:\n  lifetime: 1h\n  renewBefore: 2h\n",
+                "bootstrap.renewBefore",
+            ),
             ("bootstrap:\n  scope: [\"a b\"]\n", "bootstrap.scope[0]"),
             ("signing:\n  kid: \"\"\n", "signing.kid"),
             ("policy:\n  - serviceIds: [\"\"]\n", "policy[0].serviceIds"),

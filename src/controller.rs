@@ -24,8 +24,12 @@ use crate::policy;
 use crate::resource::{
     BootstrapToken, BootstrapTokenStatus, MANAGED_BY_LABEL, MANAGER, TOKEN_KEY, annotations,
 };
+use crate::telemetry::{ControllerMetrics, ReasonLabels};
 use crate::token::store::{KeyProvider, StoreError};
 use crate::token::{Claims, KeySet, new_jti};
+
+/// The controller's name in metrics and logs.
+pub const CONTROLLER: &str = "bootstraptoken";
 
 /// Long requeues are capped: a periodic look also catches drift that no watch event reports.
 const MAX_REQUEUE: Duration = Duration::from_secs(3600);
@@ -55,17 +59,25 @@ pub struct Context {
     pub config: Arc<Config>,
     pub keys: Arc<KeyProvider>,
     pub recorder: Recorder,
+    pub metrics: Arc<ControllerMetrics>,
     /// Consecutive failures per object, for exponential back-off.
     failures: Mutex<HashMap<ObjectRef<BootstrapToken>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: Arc<Config>, keys: Arc<KeyProvider>, recorder: Recorder) -> Self {
+    pub fn new(
+        client: Client,
+        config: Arc<Config>,
+        keys: Arc<KeyProvider>,
+        recorder: Recorder,
+        metrics: Arc<ControllerMetrics>,
+    ) -> Self {
         Context {
             client,
             config,
             keys,
             recorder,
+            metrics,
             failures: Mutex::default(),
         }
     }
@@ -81,14 +93,32 @@ enum IssueReason {
     Requested,
 }
 
+impl IssueReason {
+    fn label(&self) -> &'static str {
+        match self {
+            IssueReason::SecretMissing => "secret_missing",
+            IssueReason::TokenInvalid(_) => "token_invalid",
+            IssueReason::Changed(_) => "inputs_changed",
+            IssueReason::RenewalDue => "renewal",
+            IssueReason::Requested => "requested",
+        }
+    }
+}
+
 impl std::fmt::Display for IssueReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             IssueReason::SecretMissing => write!(f, "the Secret holds no token"),
-            IssueReason::TokenInvalid(why) => write!(f, "the token in the Secret does not verify: {why}"),
+            IssueReason::TokenInvalid(why) => {
+                write!(f, "the token in the Secret does not verify: {why}")
+            }
             IssueReason::Changed(what) => write!(f, "{what} changed"),
             IssueReason::RenewalDue => write!(f, "renewal time reached"),
-            IssueReason::Requested => write!(f, "re-issue requested by the {} annotation", annotations::REISSUE),
+            IssueReason::Requested => write!(
+                f,
+                "re-issue requested by the {} annotation",
+                annotations::REISSUE
+            ),
         }
     }
 }
@@ -120,7 +150,12 @@ impl Expected<'_> {
     }
 
     /// The token in `secret` if it may be kept, else why not.
-    fn reusable(&self, keys: &KeySet, secret: Option<&Secret>, now: i64) -> Result<(String, Claims, String), IssueReason> {
+    fn reusable(
+        &self,
+        keys: &KeySet,
+        secret: Option<&Secret>,
+        now: i64,
+    ) -> Result<(String, Claims, String), IssueReason> {
         let token = secret
             .and_then(|s| s.data.as_ref()?.get(TOKEN_KEY))
             .ok_or(IssueReason::SecretMissing)?;
@@ -146,7 +181,9 @@ impl Expected<'_> {
             Some("bootstrap client id")
         } else if claims.scope != template.scope {
             Some("bootstrap scope")
-        } else if claims.version_claim != template.version_claim || claims.version != template.version {
+        } else if claims.version_claim != template.version_claim
+            || claims.version != template.version
+        {
             Some("version claim")
         } else {
             None
@@ -166,15 +203,36 @@ impl Expected<'_> {
 
 /// The result of one reconcile, as the status shows it.
 enum Outcome {
-    Ready { claims: Claims, kid: String, renewal: i64 },
-    NotReady { reason: &'static str, message: String },
+    Ready {
+        claims: Claims,
+        kid: String,
+        renewal: i64,
+    },
+    NotReady {
+        reason: &'static str,
+        message: String,
+    },
 }
 
+#[tracing::instrument(skip_all, fields(namespace = bt.metadata.namespace.as_deref(), name = bt.metadata.name.as_deref()))]
 pub async fn reconcile(bt: Arc<BootstrapToken>, ctx: Arc<Context>) -> Result<Action, Error> {
-    match issue(&bt, &ctx).await {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&bt, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics.reconciled(CONTROLLER, result.is_ok());
+    result
+}
+
+async fn reconcile_inner(bt: &Arc<BootstrapToken>, ctx: &Context) -> Result<Action, Error> {
+    match issue(bt, ctx).await {
         Ok((outcome, action)) => {
-            write_status(&bt, &ctx, &outcome).await?;
-            ctx.failures.lock().expect("not poisoned").remove(&ObjectRef::from(&*bt));
+            write_status(bt, ctx, &outcome).await?;
+            ctx.failures
+                .lock()
+                .expect("not poisoned")
+                .remove(&ObjectRef::from(&**bt));
             Ok(action)
         }
         Err(error) => {
@@ -183,7 +241,7 @@ pub async fn reconcile(bt: Arc<BootstrapToken>, ctx: Arc<Context>) -> Result<Act
                 message: error.to_string(),
             };
             // A failure to record the failure must not hide the failure itself.
-            if let Err(status_error) = write_status(&bt, &ctx, &outcome).await {
+            if let Err(status_error) = write_status(bt, ctx, &outcome).await {
                 tracing::warn!(error = %status_error, "could not record the failure on the status");
             }
             Err(error)
@@ -196,7 +254,8 @@ pub fn error_policy(bt: Arc<BootstrapToken>, error: &Error, ctx: Arc<Context>) -
     let mut failures = ctx.failures.lock().expect("not poisoned");
     let count = failures.entry(ObjectRef::from(&*bt)).or_insert(0);
     *count = count.saturating_add(1);
-    let delay = Duration::from_secs(5u64.saturating_mul(1 << (*count - 1).min(6))).min(Duration::from_secs(300));
+    let delay = Duration::from_secs(5u64.saturating_mul(1 << (*count - 1).min(6)))
+        .min(Duration::from_secs(300));
     tracing::warn!(%error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -211,9 +270,18 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
         Ok(lifetime) => lifetime.unwrap_or(config.bootstrap.lifetime),
         Err(e) => return Ok(not_ready("InvalidSpec", format!("spec.lifetime: {e}"))),
     };
-    let renew_before = match bt.spec.renew_before.as_deref().map(duration::parse).transpose() {
+    let renew_before = match bt
+        .spec
+        .renew_before
+        .as_deref()
+        .map(duration::parse)
+        .transpose()
+    {
         Ok(Some(renew)) if renew >= lifetime => {
-            return Ok(not_ready("InvalidSpec", "spec.renewBefore must be shorter than the lifetime".into()));
+            return Ok(not_ready(
+                "InvalidSpec",
+                "spec.renewBefore must be shorter than the lifetime".into(),
+            ));
         }
         Ok(renew) => renew.unwrap_or_else(|| config.renew_before(lifetime)),
         Err(e) => return Ok(not_ready("InvalidSpec", format!("spec.renewBefore: {e}"))),
@@ -223,14 +291,24 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     if let Some(secret) = &existing
         && !controlled_by(secret, bt)
     {
-        let message = format!("Secret {secret_name} exists and is not owned by this BootstrapToken; it is left untouched");
-        return Ok((Outcome::NotReady { reason: "SecretConflict", message }, Action::requeue(CONFLICT_REQUEUE)));
+        let message = format!(
+            "Secret {secret_name} exists and is not owned by this BootstrapToken; it is left untouched"
+        );
+        return Ok((
+            Outcome::NotReady {
+                reason: "SecretConflict",
+                message,
+            },
+            Action::requeue(CONFLICT_REQUEUE),
+        ));
     }
 
     if !policy::allows(&config.policy, &namespace, &bt.spec.service_id) {
         // A token the policy no longer allows must not stay mounted.
         if existing.is_some() {
-            secrets.delete(&secret_name, &DeleteParams::default()).await?;
+            secrets
+                .delete(&secret_name, &DeleteParams::default())
+                .await?;
         }
         let message = format!(
             "the operator's policy does not allow service id {:?} in namespace {namespace}",
@@ -246,47 +324,94 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
         sid: &bt.spec.service_id,
         lifetime,
         renew_before,
-        reissue: bt.annotations().get(annotations::REISSUE).map(String::as_str),
+        reissue: bt
+            .annotations()
+            .get(annotations::REISSUE)
+            .map(String::as_str),
     };
     let (token, claims, kid, issued) = match expected.reusable(keys, existing.as_ref(), now) {
         Ok((token, claims, kid)) => (token, claims, kid, None),
         Err(reason) => {
             let claims = expected.claims(now);
             let signer = keys.active();
-            (signer.sign(&claims), claims, signer.kid().to_string(), Some(reason))
+            (
+                signer.sign(&claims),
+                claims,
+                signer.kid().to_string(),
+                Some(reason),
+            )
         }
     };
 
     let desired = desired_secret(bt, &secret_name, &token, &claims, &kid, expected.reissue);
-    if issued.is_some() || existing.as_ref().is_none_or(|s| !secret_matches(s, &desired)) {
+    if issued.is_some()
+        || existing
+            .as_ref()
+            .is_none_or(|s| !secret_matches(s, &desired))
+    {
         secrets
-            .patch(&secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
+            .patch(
+                &secret_name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
             .await?;
     }
     if let Some(reason) = issued {
-        let first = bt.status.as_ref().and_then(|s| s.token_id.as_ref()).is_none();
+        let first = bt
+            .status
+            .as_ref()
+            .and_then(|s| s.token_id.as_ref())
+            .is_none();
         let (event_reason, note) = if first {
-            ("Issued", format!("issued token {} for {}", claims.jti, bt.spec.service_id))
+            (
+                "Issued",
+                format!("issued token {} for {}", claims.jti, bt.spec.service_id),
+            )
         } else {
-            ("Reissued", format!("issued token {} for {}: {reason}", claims.jti, bt.spec.service_id))
+            (
+                "Reissued",
+                format!(
+                    "issued token {} for {}: {reason}",
+                    claims.jti, bt.spec.service_id
+                ),
+            )
         };
         tracing::info!(jti = %claims.jti, %reason, "issued token");
+        ctx.metrics
+            .tokens_issued
+            .get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            })
+            .inc();
         publish(ctx, bt, EventType::Normal, event_reason, note).await;
     }
 
     let renewal = claims.exp - renew_before.as_secs() as i64;
-    let wait = Duration::from_secs(u64::try_from(renewal - now).unwrap_or(0).max(1)).min(MAX_REQUEUE);
-    Ok((Outcome::Ready { claims, kid, renewal }, Action::requeue(wait)))
+    let wait =
+        Duration::from_secs(u64::try_from(renewal - now).unwrap_or(0).max(1)).min(MAX_REQUEUE);
+    Ok((
+        Outcome::Ready {
+            claims,
+            kid,
+            renewal,
+        },
+        Action::requeue(wait),
+    ))
 }
 
 fn not_ready(reason: &'static str, message: String) -> (Outcome, Action) {
-    (Outcome::NotReady { reason, message }, Action::await_change())
+    (
+        Outcome::NotReady { reason, message },
+        Action::await_change(),
+    )
 }
 
 fn controlled_by(secret: &Secret, bt: &BootstrapToken) -> bool {
-    secret.owner_references().iter().any(|owner| {
-        owner.controller == Some(true) && Some(&owner.uid) == bt.metadata.uid.as_ref()
-    })
+    secret
+        .owner_references()
+        .iter()
+        .any(|owner| owner.controller == Some(true) && Some(&owner.uid) == bt.metadata.uid.as_ref())
 }
 
 fn desired_secret(
@@ -318,7 +443,10 @@ fn desired_secret(
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), ByteString(token.as_bytes().to_vec()))])),
+        data: Some(BTreeMap::from([(
+            TOKEN_KEY.to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
         ..Default::default()
     }
 }
@@ -326,10 +454,13 @@ fn desired_secret(
 /// Whether the Secret already holds everything we would apply, and nothing we applied earlier
 /// that we no longer want (a label dropped from `secretTemplate`).
 fn secret_matches(existing: &Secret, desired: &Secret) -> bool {
-    let contains = |have: Option<&BTreeMap<String, String>>, want: Option<&BTreeMap<String, String>>| {
+    let contains = |have: Option<&BTreeMap<String, String>>,
+                    want: Option<&BTreeMap<String, String>>| {
         let empty = BTreeMap::new();
         let have = have.unwrap_or(&empty);
-        want.unwrap_or(&empty).iter().all(|(k, v)| have.get(k) == Some(v))
+        want.unwrap_or(&empty)
+            .iter()
+            .all(|(k, v)| have.get(k) == Some(v))
     };
     let owned_but_unwanted = |field: &str, want: Option<&BTreeMap<String, String>>| {
         applied_keys(existing, field)
@@ -339,8 +470,14 @@ fn secret_matches(existing: &Secret, desired: &Secret) -> bool {
     let token = |s: &Secret| s.data.as_ref().and_then(|d| d.get(TOKEN_KEY)).cloned();
     existing.type_ == desired.type_
         && token(existing) == token(desired)
-        && contains(existing.metadata.labels.as_ref(), desired.metadata.labels.as_ref())
-        && contains(existing.metadata.annotations.as_ref(), desired.metadata.annotations.as_ref())
+        && contains(
+            existing.metadata.labels.as_ref(),
+            desired.metadata.labels.as_ref(),
+        )
+        && contains(
+            existing.metadata.annotations.as_ref(),
+            desired.metadata.annotations.as_ref(),
+        )
         && !owned_but_unwanted("f:labels", desired.metadata.labels.as_ref())
         && !owned_but_unwanted("f:annotations", desired.metadata.annotations.as_ref())
         && existing.metadata.owner_references == desired.metadata.owner_references
@@ -353,14 +490,31 @@ fn applied_keys(secret: &Secret, field: &str) -> Vec<String> {
         .managed_fields
         .iter()
         .flatten()
-        .filter(|entry| entry.manager.as_deref() == Some(MANAGER) && entry.operation.as_deref() == Some("Apply"))
-        .filter_map(|entry| entry.fields_v1.as_ref()?.0.get("f:metadata")?.get(field)?.as_object().cloned())
-        .flat_map(|keys| keys.into_iter().filter_map(|(k, _)| k.strip_prefix("f:").map(str::to_string)).collect::<Vec<_>>())
+        .filter(|entry| {
+            entry.manager.as_deref() == Some(MANAGER) && entry.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|entry| {
+            entry
+                .fields_v1
+                .as_ref()?
+                .0
+                .get("f:metadata")?
+                .get(field)?
+                .as_object()
+                .cloned()
+        })
+        .flat_map(|keys| {
+            keys.into_iter()
+                .filter_map(|(k, _)| k.strip_prefix("f:").map(str::to_string))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
 fn rfc3339(seconds: i64) -> String {
-    Timestamp::from_second(seconds).map(|t| t.to_string()).unwrap_or_default()
+    Timestamp::from_second(seconds)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> Result<(), Error> {
@@ -370,12 +524,27 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
         Outcome::Ready { claims, .. } => (
             "True",
             "Issued",
-            format!("token {} for {} expires {}", claims.jti, bt.spec.service_id, rfc3339(claims.exp)),
+            format!(
+                "token {} for {} expires {}",
+                claims.jti,
+                bt.spec.service_id,
+                rfc3339(claims.exp)
+            ),
         ),
-        Outcome::NotReady { reason, message } => ("False", *reason, message.clone()),
+        Outcome::NotReady { reason, message } => {
+            ctx.metrics
+                .failures
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+            ("False", *reason, message.clone())
+        }
     };
     let mut next = match outcome {
-        Outcome::Ready { claims, kid, renewal } => BootstrapTokenStatus {
+        Outcome::Ready {
+            claims,
+            kid,
+            renewal,
+        } => BootstrapTokenStatus {
             secret_name: Some(bt.secret_name()),
             key_id: Some(kid.clone()),
             token_id: Some(claims.jti.clone()),
@@ -404,14 +573,19 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
     if next == previous {
         return Ok(());
     }
-    let api: Api<BootstrapToken> = Api::namespaced(ctx.client.clone(), &bt.namespace().unwrap_or_default());
+    let api: Api<BootstrapToken> =
+        Api::namespaced(ctx.client.clone(), &bt.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": BootstrapToken::api_version(&()),
         "kind": BootstrapToken::kind(&()),
         "status": next,
     });
-    api.patch_status(&bt.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(
+        &bt.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     if status == "False" && !unchanged {
         publish(ctx, bt, EventType::Warning, reason, message).await;
     }
@@ -433,14 +607,23 @@ async fn publish(ctx: &Context, bt: &BootstrapToken, type_: EventType, reason: &
 }
 
 /// Runs the controller until `shutdown` resolves, over all namespaces or the given ones.
-pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    namespaces: &[String],
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let apis: Vec<(Api<BootstrapToken>, Api<Secret>)> = if namespaces.is_empty() {
         vec![(Api::all(ctx.client.clone()), Api::all(ctx.client.clone()))]
     } else {
         namespaces
             .iter()
-            .map(|ns| (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)))
+            .map(|ns| {
+                (
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                )
+            })
             .collect()
     };
     let controllers = apis.into_iter().map(|(tokens, secrets)| {
@@ -463,7 +646,10 @@ pub async fn ensure_crd_installed(client: &Client, namespaces: &[String]) -> Res
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+    match api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Err(
             "the BootstrapToken CRD (bootstraptokens.bootstraptoken.dev) is not installed: \

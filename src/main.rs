@@ -9,7 +9,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::controller::{self, Context};
 use bootstrap_token_operator::resource::{self, MANAGER};
-use bootstrap_token_operator::telemetry::{self, LogFormat};
+use bootstrap_token_operator::telemetry::{self, ControllerMetrics, LogFormat};
 use bootstrap_token_operator::token::store::KeyProvider;
 
 /// Issues long-lived bootstrap tokens (RS256 JWTs) into Kubernetes Secrets and serves an OAuth 2.0
@@ -35,7 +35,11 @@ struct RunArgs {
     #[arg(long, env = "BTO_CONFIG")]
     config: Option<PathBuf>,
     /// Namespace the operator runs in; its signing key Secret lives there.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "bootstrap-token-operator")]
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "bootstrap-token-operator"
+    )]
     namespace: String,
     /// Comma-separated namespaces to watch; all namespaces when empty.
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', num_args = 0..)]
@@ -75,10 +79,18 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
-    let watch_namespaces: Vec<String> = args.watch_namespaces.into_iter().filter(|ns| !ns.is_empty()).collect();
+    let watch_namespaces: Vec<String> = args
+        .watch_namespaces
+        .into_iter()
+        .filter(|ns| !ns.is_empty())
+        .collect();
     controller::ensure_crd_installed(&client, &watch_namespaces).await?;
 
-    let keys = Arc::new(KeyProvider::new(client.clone(), &args.namespace, config.signing.clone()));
+    let keys = Arc::new(KeyProvider::new(
+        client.clone(),
+        &args.namespace,
+        config.signing.clone(),
+    ));
     if let Err(error) = keys.get().await {
         // Not fatal: reconciles report KeyUnavailable and retry until the Secret can be read.
         tracing::warn!(%error, "signing keys not loaded yet");
@@ -88,7 +100,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         instance: std::env::var("POD_NAME").ok(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(client, config, keys, recorder));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(ControllerMetrics::new(&mut registry));
+    let ctx = Arc::new(Context::new(client, config, keys, recorder, metrics));
 
     let shutdown = shutdown_signal().boxed().shared();
     tracing::info!(namespaces = ?watch_namespaces, "starting controller");

@@ -74,7 +74,10 @@ mod tests {
     #[test]
     fn globs() {
         assert!(glob_match("*", ""));
-        assert!(glob_match("com.networknt.*", "com.networknt.petstore-1.0.0"));
+        assert!(glob_match(
+            "com.networknt.*",
+            "com.networknt.petstore-1.0.0"
+        ));
         assert!(glob_match("team-?", "team-a"));
         assert!(!glob_match("team-?", "team-ab"));
         assert!(glob_match("*-1.0.*", "petstore-1.0.0"));

@@ -15,6 +15,84 @@ pub fn init_logging(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
-        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json()).init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .init(),
+    }
+}
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub controller: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// What the controllers did, for `/metrics`.
+pub struct ControllerMetrics {
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub failures: Family<ReasonLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub tokens_issued: Family<ReasonLabels, Counter>,
+}
+
+impl ControllerMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = ControllerMetrics {
+            reconciles: Family::default(),
+            failures: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            tokens_issued: Family::default(),
+        };
+        registry.register(
+            "bootstrap_token_reconciles",
+            "Reconciles by controller and result",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "bootstrap_token_reconcile_failures",
+            "Failed reconciles and not-ready outcomes by reason",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "bootstrap_token_reconcile_duration_seconds",
+            "Time spent in one BootstrapToken reconcile",
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "bootstrap_token_tokens_issued",
+            "Bootstrap tokens signed, by why a new one was needed",
+            metrics.tokens_issued.clone(),
+        );
+        metrics
+    }
+
+    pub fn reconciled(&self, controller: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.reconciles
+            .get_or_create(&ResultLabels { controller, result })
+            .inc();
+    }
+
+    /// Reconciles of `controller` so far, successful or not.
+    pub fn reconcile_count(&self, controller: &'static str) -> u64 {
+        ["success", "error"]
+            .into_iter()
+            .map(|result| {
+                self.reconciles
+                    .get_or_create(&ResultLabels { controller, result })
+                    .get()
+            })
+            .sum()
     }
 }

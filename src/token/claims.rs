@@ -157,7 +157,10 @@ mod tests {
         let mut claims = seed_claims();
         claims.version_claim = VersionClaim::Ver;
         let json = serde_json::to_string(&claims).unwrap();
-        assert!(json.contains(r#""nbf":1631713377,"ver":"1.0","client_id""#), "{json}");
+        assert!(
+            json.contains(r#""nbf":1631713377,"ver":"1.0","client_id""#),
+            "{json}"
+        );
         let back: Claims = serde_json::from_str(&json).unwrap();
         assert_eq!(back, claims);
     }
@@ -167,7 +170,9 @@ mod tests {
         let mut claims = seed_claims();
         claims.sid = None;
         let json = serde_json::to_string(&claims).unwrap();
-        assert!(json.ends_with(r#""scope":["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2"]}"#));
+        assert!(json.ends_with(
+            r#""scope":["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2"]}"#
+        ));
     }
 
     #[test]
@@ -175,7 +180,10 @@ mod tests {
         let a = new_jti();
         let b = new_jti();
         assert_eq!(a.len(), 22);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
         assert_ne!(a, b);
     }
 }

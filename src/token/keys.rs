@@ -62,8 +62,8 @@ impl KeySet {
     /// Checks the signature against the key named by `kid`; expiry and audience are the caller's
     /// business (a token near expiry is still *ours*, it just needs renewing).
     pub fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| VerifyError::Malformed(e.to_string()))?;
         let kid = header
             .kid
             .ok_or_else(|| VerifyError::Malformed("header has no kid".into()))?;
@@ -110,7 +110,10 @@ mod tests {
     fn signs_with_the_seed_header_and_verifies() {
         let keys = KeySet::new(SigningKey::generate("100").unwrap(), vec![]);
         let token = keys.active().sign(&claims());
-        assert!(token.starts_with("eyJraWQiOiIxMDAiLCJhbGciOiJSUzI1NiJ9."), "{token}");
+        assert!(
+            token.starts_with("eyJraWQiOiIxMDAiLCJhbGciOiJSUzI1NiJ9."),
+            "{token}"
+        );
         let verified = keys.verify(&token).unwrap();
         assert_eq!(verified.kid, "100");
         assert_eq!(verified.claims, claims_with_jti(&verified.claims.jti));
@@ -128,7 +131,10 @@ mod tests {
         let old = SigningKey::generate("99").unwrap();
         let old_token = old.sign(&claims());
         let keys = KeySet::new(SigningKey::generate("100").unwrap(), vec![old]);
-        assert!(keys.verify(&old_token).is_ok(), "rotated-out keys still verify");
+        assert!(
+            keys.verify(&old_token).is_ok(),
+            "rotated-out keys still verify"
+        );
 
         let other = KeySet::new(SigningKey::generate("100").unwrap(), vec![]);
         let forged = other.active().sign(&claims());
@@ -144,7 +150,10 @@ mod tests {
         let (head, rest) = token.split_once('.').unwrap();
         let tampered = format!("{head}.{}", rest.replacen('e', "f", 1));
         assert!(keys.verify(&tampered).is_err());
-        assert!(matches!(keys.verify("garbage"), Err(VerifyError::Malformed(_))));
+        assert!(matches!(
+            keys.verify("garbage"),
+            Err(VerifyError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -132,7 +132,12 @@ impl SigningKey {
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
         let mut signature = vec![0u8; self.pair.public_modulus_len()];
         self.pair
-            .sign(&RSA_PKCS1_SHA256, &self.rng, token.as_bytes(), &mut signature)
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &self.rng,
+                token.as_bytes(),
+                &mut signature,
+            )
             .expect("signing with a validated RSA key pair cannot fail");
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&signature, &mut token);

@@ -1,10 +1,10 @@
 //! Signing keys kept in Kubernetes Secrets, so every replica and every restart signs with the
 //! same key.
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
 
 use super::{KeyError, KeySet, SigningKey};
 use crate::config::SigningConfig;
@@ -61,11 +61,14 @@ async fn read(
     name: &str,
     kid: &str,
 ) -> Result<Option<SigningKey>, StoreError> {
-    let secret = secrets.get_opt(name).await.map_err(|source| StoreError::Api {
-        namespace: namespace.into(),
-        name: name.into(),
-        source,
-    })?;
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|source| StoreError::Api {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })?;
     let Some(secret) = secret else {
         return Ok(None);
     };
@@ -121,14 +124,12 @@ async fn create(
             tracing::info!(secret = %name, kid, "created signing key Secret");
             Ok(generated)
         }
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            read(secrets, namespace, name, kid)
-                .await?
-                .ok_or_else(|| StoreError::MissingField {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                })
-        }
+        Err(kube::Error::Api(status)) if status.code == 409 => read(secrets, namespace, name, kid)
+            .await?
+            .ok_or_else(|| StoreError::MissingField {
+                namespace: namespace.into(),
+                name: name.into(),
+            }),
         Err(source) => Err(StoreError::Api {
             namespace: namespace.into(),
             name: name.into(),
@@ -164,8 +165,10 @@ impl KeyProvider {
     pub async fn get(&self) -> Result<&KeySet, StoreError> {
         self.keys
             .get_or_try_init(|| async {
-                let (client, namespace, signing) =
-                    self.source.as_ref().expect("a provider without a source is initialised");
+                let (client, namespace, signing) = self
+                    .source
+                    .as_ref()
+                    .expect("a provider without a source is initialised");
                 load_or_create(client.clone(), namespace, signing).await
             })
             .await

@@ -1,0 +1,535 @@
+//! Issue 3: the BootstrapToken controller, through the real API server.
+
+use std::process::Command;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use bootstrap_token_operator::resource::{BootstrapToken, annotations};
+use testenv::TestEnv;
+
+use crate::support::*;
+
+const CONFIG: &str = r#"
+bootstrap:
+  scope: ["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2"]
+"#;
+
+/// Verifies `token` with PyJWT (an implementation that shares no code with ours) against the
+/// public half of the operator's signing key, and returns the header and claims PyJWT saw.
+fn verify_with_pyjwt(token: &str, private_key_pem: &str) -> Value {
+    let script = r#"
+import json, sys, jwt
+from cryptography.hazmat.primitives import serialization
+data = json.load(sys.stdin)
+public = serialization.load_pem_private_key(data["key"].encode(), password=None).public_key()
+claims = jwt.decode(data["token"], public, algorithms=["RS256"], audience="urn:com.networknt",
+                    issuer="urn:com:networknt:oauth2:v1", options={"require": ["exp", "iat", "nbf"]})
+print(json.dumps({"header": jwt.get_unverified_header(data["token"]), "claims": claims}))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (PyJWT from tests/requirements.txt)");
+    let input = json!({"token": token, "key": private_key_pem}).to_string();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "PyJWT rejected the token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("verifier prints JSON")
+}
+
+async fn signing_key_pem(namespace: &str) -> String {
+    let secret = secret(namespace, "bootstrap-token-signing-key")
+        .await
+        .expect("the operator created its signing key Secret");
+    String::from_utf8(secret.data.unwrap()["key.pem"].0.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn issues_a_seed_shaped_token_that_an_independent_verifier_accepts() {
+    let ns = TestEnv::global().namespace("issue").await;
+    let operator = Operator::start(&ns, CONFIG).await;
+    apply_bt(
+        &ns,
+        bt_manifest(
+            "petstore",
+            json!({"serviceId": "com.networknt.petstore-1.0.0",
+                   "secretTemplate": {"labels": {"team": "pets"}, "annotations": {"note": "hi"}}}),
+        ),
+    )
+    .await;
+    let bt = wait_ready(&ns, "petstore").await;
+    let status = bt.status.clone().unwrap();
+    assert_eq!(
+        status.secret_name.as_deref(),
+        Some("petstore-bootstrap-token")
+    );
+    assert_eq!(status.key_id.as_deref(), Some("100"));
+    assert_eq!(bt.ready_condition().unwrap().reason, "Issued");
+
+    let secret = secret(&ns, "petstore-bootstrap-token")
+        .await
+        .expect("Secret exists");
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    let token = token_of(&secret);
+    let verified = verify_with_pyjwt(&token, &signing_key_pem(&ns).await);
+    assert_eq!(verified["header"], json!({"kid": "100", "alg": "RS256"}));
+
+    // Claim names, order and JSON types as in the seed's payload.
+    let claims = payload(&token);
+    let names: Vec<&str> = claims.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "iss",
+            "aud",
+            "exp",
+            "jti",
+            "iat",
+            "nbf",
+            "version",
+            "client_id",
+            "scope",
+            "sid"
+        ]
+    );
+    assert_eq!(claims["iss"], "urn:com:networknt:oauth2:v1");
+    assert_eq!(claims["aud"], "urn:com.networknt");
+    assert_eq!(claims["version"], "1.0");
+    assert_eq!(claims["client_id"], "f7d42348-c647-4efb-a52d-4c5787421e00");
+    assert_eq!(
+        claims["scope"],
+        json!(["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2"])
+    );
+    assert_eq!(claims["sid"], "com.networknt.petstore-1.0.0");
+    let (iat, exp, nbf) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+        claims["nbf"].as_i64().unwrap(),
+    );
+    assert_eq!(exp - iat, 315_360_000);
+    assert_eq!(iat - nbf, 120);
+    let jti = claims["jti"].as_str().unwrap();
+    assert_eq!(jti.len(), 22);
+    assert_eq!(verified["claims"]["jti"], jti);
+    assert_eq!(status.token_id.as_deref(), Some(jti));
+
+    // The Secret carries DESIGN §3's metadata and the template, and is owned by the object.
+    let labels = secret.metadata.labels.clone().unwrap();
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"],
+        "bootstrap-token-operator"
+    );
+    assert_eq!(labels["team"], "pets");
+    let notes = secret.metadata.annotations.clone().unwrap();
+    assert_eq!(
+        notes[annotations::SERVICE_ID],
+        "com.networknt.petstore-1.0.0"
+    );
+    assert_eq!(notes[annotations::TOKEN_ID], jti);
+    assert_eq!(notes[annotations::KEY_ID], "100");
+    assert_eq!(
+        notes[annotations::EXPIRES_AT],
+        status.expires_at.clone().unwrap()
+    );
+    assert_eq!(notes["note"], "hi");
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "BootstrapToken");
+    assert_eq!(Some(&owner.uid), bt.metadata.uid.as_ref());
+    assert_eq!(owner.controller, Some(true));
+
+    // What users script against: kubectl wait.
+    let out = Command::new("kubectl")
+        .args(["--kubeconfig"])
+        .arg(TestEnv::global().admin_kubeconfig_path())
+        .args([
+            "-n",
+            &ns,
+            "wait",
+            "--for=condition=Ready",
+            "bt/petstore",
+            "--timeout=30s",
+        ])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = events_for(&ns, "petstore").await;
+    assert!(
+        events.iter().any(|(reason, _)| reason == "Issued"),
+        "{events:?}"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn reconciling_an_unchanged_object_writes_nothing() {
+    let ns = TestEnv::global().namespace("idle").await;
+    let operator = Operator::start(&ns, CONFIG).await;
+    apply_bt(&ns, bt_manifest("idle", json!({"serviceId": "svc-idle"}))).await;
+    let before = wait_ready(&ns, "idle").await;
+    let secret_before = secret(&ns, "idle-bootstrap-token").await.unwrap();
+
+    // Five metadata-only changes: each triggers a reconcile, none changes what the token depends on.
+    let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
+    for i in 0..5 {
+        let start = operator.reconciles();
+        let patch = json!({"metadata": {"labels": {"poke": i.to_string()}}});
+        api.patch("idle", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        eventually("a reconcile after the poke", || async {
+            (operator.reconciles() > start).then_some(())
+        })
+        .await;
+    }
+    let secret_after = secret(&ns, "idle-bootstrap-token").await.unwrap();
+    assert_eq!(
+        secret_after.metadata.resource_version,
+        secret_before.metadata.resource_version
+    );
+    let after = api.get("idle").await.unwrap();
+    assert_eq!(after.status, before.status, "status is not rewritten");
+
+    // A restarted operator re-signs nothing and writes nothing.
+    operator.stop().await;
+    let restarted = Operator::start(&ns, CONFIG).await;
+    eventually("the restarted operator reconciles", || async {
+        (restarted.reconciles() > 0).then_some(())
+    })
+    .await;
+    let secret_restart = secret(&ns, "idle-bootstrap-token").await.unwrap();
+    assert_eq!(
+        secret_restart.metadata.resource_version,
+        secret_before.metadata.resource_version
+    );
+    assert_eq!(api.get("idle").await.unwrap().status, before.status);
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn repairs_edited_secrets_recreates_deleted_ones_and_garbage_collects() {
+    let ns = TestEnv::global().namespace("repair").await;
+    let operator = Operator::start(&ns, CONFIG).await;
+    apply_bt(
+        &ns,
+        bt_manifest("repair", json!({"serviceId": "svc-repair"})),
+    )
+    .await;
+    let first = wait_ready(&ns, "repair")
+        .await
+        .status
+        .unwrap()
+        .token_id
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(admin().await, &ns);
+
+    // A label removed by someone else comes back, with the same token.
+    let patch = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}});
+    secrets
+        .patch(
+            "repair-bootstrap-token",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    eventually("the managed-by label restored", || async {
+        let s = secret(&ns, "repair-bootstrap-token").await?;
+        s.metadata
+            .labels?
+            .contains_key("app.kubernetes.io/managed-by")
+            .then_some(())
+    })
+    .await;
+    let same = secret(&ns, "repair-bootstrap-token").await.unwrap();
+    assert_eq!(payload(&token_of(&same))["jti"], first.as_str());
+
+    // A corrupted token is replaced by a new one.
+    let patch = json!({"data": {"token": ByteString(b"not-a-jwt".to_vec())}});
+    secrets
+        .patch(
+            "repair-bootstrap-token",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let second = eventually("a new valid token after corruption", || async {
+        let s = secret(&ns, "repair-bootstrap-token").await?;
+        let token = token_of(&s);
+        let jti = payload(token.split('.').count().eq(&3).then_some(&token)?)["jti"]
+            .as_str()?
+            .to_string();
+        (jti != first).then_some(jti)
+    })
+    .await;
+    operator
+        .keys()
+        .await
+        .verify(&token_of(
+            &secret(&ns, "repair-bootstrap-token").await.unwrap(),
+        ))
+        .unwrap();
+
+    // A deleted Secret is recreated with a new jti.
+    secrets
+        .delete("repair-bootstrap-token", &DeleteParams::default())
+        .await
+        .unwrap();
+    let third = eventually("the Secret recreated", || async {
+        let s = secret(&ns, "repair-bootstrap-token").await?;
+        if s.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let jti = payload(&token_of(&s))["jti"].as_str()?.to_string();
+        (jti != second).then_some(jti)
+    })
+    .await;
+    assert_ne!(third, first);
+    let events = events_for(&ns, "repair").await;
+    assert!(
+        events.iter().any(|(reason, _)| reason == "Reissued"),
+        "{events:?}"
+    );
+
+    // Deleting the BootstrapToken garbage-collects its Secret (kube-controller-manager's GC).
+    let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
+    api.delete("repair", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the Secret garbage-collected", || async {
+        secret(&ns, "repair-bootstrap-token")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn never_touches_a_foreign_secret() {
+    let ns = TestEnv::global().namespace("conflict").await;
+    let secrets: Api<Secret> = Api::namespaced(admin().await, &ns);
+    let foreign = Secret {
+        metadata: ObjectMeta {
+            name: Some("taken".into()),
+            labels: Some([("owner".to_string(), "someone-else".to_string())].into()),
+            ..Default::default()
+        },
+        data: Some([("token".to_string(), ByteString(b"theirs".to_vec()))].into()),
+        ..Default::default()
+    };
+    let foreign = secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    let operator = Operator::start(&ns, CONFIG).await;
+    apply_bt(
+        &ns,
+        bt_manifest("grabby", json!({"serviceId": "svc", "secretName": "taken"})),
+    )
+    .await;
+    let bt = wait_reason(&ns, "grabby", "SecretConflict").await;
+    let ready = bt.ready_condition().unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("taken"), "{}", ready.message);
+    let events = eventually("a SecretConflict event", || async {
+        let events = events_for(&ns, "grabby").await;
+        events
+            .iter()
+            .any(|(r, _)| r == "SecretConflict")
+            .then_some(events)
+    })
+    .await;
+    assert!(!events.iter().any(|(r, _)| r == "Issued"));
+    let after = secrets.get("taken").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        foreign.metadata.resource_version
+    );
+    assert_eq!(after.data, foreign.data);
+    assert_eq!(after.metadata.labels, foreign.metadata.labels);
+    assert!(after.metadata.owner_references.is_none());
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn policy_forbids_unlisted_services() {
+    let ns = TestEnv::global().namespace("policy").await;
+    let config = r#"
+policy:
+  - serviceIds: ["com.allowed.*"]
+"#;
+    let operator = Operator::start(&ns, config).await;
+    apply_bt(
+        &ns,
+        bt_manifest("allowed", json!({"serviceId": "com.allowed.api"})),
+    )
+    .await;
+    apply_bt(
+        &ns,
+        bt_manifest("denied", json!({"serviceId": "com.evil.api"})),
+    )
+    .await;
+    wait_ready(&ns, "allowed").await;
+    let denied = wait_reason(&ns, "denied", "Forbidden").await;
+    assert_eq!(denied.ready_condition().unwrap().status, "False");
+    assert!(secret(&ns, "denied-bootstrap-token").await.is_none());
+    eventually("a Forbidden event", || async {
+        events_for(&ns, "denied")
+            .await
+            .iter()
+            .any(|(r, _)| r == "Forbidden")
+            .then_some(())
+    })
+    .await;
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn renews_before_expiry_and_on_request() {
+    let ns = TestEnv::global().namespace("renew").await;
+    let operator = Operator::start(&ns, CONFIG).await;
+    apply_bt(
+        &ns,
+        bt_manifest(
+            "short",
+            json!({"serviceId": "svc-short", "lifetime": "6s", "renewBefore": "3s"}),
+        ),
+    )
+    .await;
+    let first = wait_ready(&ns, "short").await.status.unwrap();
+    let first_token = token_of(&secret(&ns, "short-bootstrap-token").await.unwrap());
+    let first_claims = payload(&first_token);
+    assert_eq!(
+        first_claims["exp"].as_i64().unwrap() - first_claims["iat"].as_i64().unwrap(),
+        6
+    );
+
+    let renewed = eventually("a renewed token", || async {
+        let token = token_of(&secret(&ns, "short-bootstrap-token").await?);
+        let claims = payload(&token);
+        (claims["jti"] != first_claims["jti"]).then_some(claims)
+    })
+    .await;
+    assert!(
+        renewed["iat"].as_i64().unwrap() < first_claims["exp"].as_i64().unwrap(),
+        "renewed before the old token expired"
+    );
+    assert_ne!(first.token_id.as_deref(), renewed["jti"].as_str());
+
+    // The reissue annotation forces a new jti on a long-lived token.
+    apply_bt(&ns, bt_manifest("long", json!({"serviceId": "svc-long"}))).await;
+    let before = wait_ready(&ns, "long")
+        .await
+        .status
+        .unwrap()
+        .token_id
+        .unwrap();
+    let mut manifest = bt_manifest("long", json!({"serviceId": "svc-long"}));
+    manifest["metadata"]["annotations"] = json!({annotations::REISSUE: "2026-11-23"});
+    apply_bt(&ns, manifest).await;
+    let after = eventually("a re-issued token", || async {
+        let token = token_of(&secret(&ns, "long-bootstrap-token").await?);
+        let jti = payload(&token)["jti"].as_str()?.to_string();
+        (jti != before).then_some(jti)
+    })
+    .await;
+    // Re-issued once, not on every reconcile.
+    let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
+    let settled = eventually("status shows the re-issued token", || async {
+        let bt = api.get("long").await.ok()?;
+        (bt.status.as_ref()?.token_id.as_deref() == Some(after.as_str())).then_some(bt)
+    })
+    .await;
+    let start = operator.reconciles();
+    api.patch(
+        "long",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
+    eventually("a reconcile after the poke", || async {
+        (operator.reconciles() > start).then_some(())
+    })
+    .await;
+    assert_eq!(api.get("long").await.unwrap().status, settled.status);
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_server_rejects_invalid_objects() {
+    let ns = TestEnv::global().namespace("invalid").await;
+    let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
+    let cases = [
+        (json!({}), "serviceId"),
+        (json!({"serviceId": ""}), "serviceId"),
+        (json!({"serviceId": "has space"}), "serviceId"),
+        (json!({"serviceId": "x".repeat(254)}), "serviceId"),
+        (json!({"serviceId": "svc", "lifetime": "10d"}), "lifetime"),
+        (
+            json!({"serviceId": "svc", "lifetime": "0s"}),
+            "lifetime must be at least 1s",
+        ),
+        (
+            json!({"serviceId": "svc", "renewBefore": "soon"}),
+            "renewBefore",
+        ),
+        (
+            json!({"serviceId": "svc", "lifetime": "1h", "renewBefore": "2h"}),
+            "renewBefore must be shorter than lifetime",
+        ),
+        (
+            json!({"serviceId": "svc", "secretName": "Not_A_Name"}),
+            "secretName",
+        ),
+    ];
+    for (i, (spec, expected)) in cases.into_iter().enumerate() {
+        let name = format!("bad-{i}");
+        let manifest = bt_manifest(&name, spec.clone());
+        let err = api
+            .patch(&name, &PatchParams::apply("test"), &Patch::Apply(&manifest))
+            .await
+            .expect_err(&format!("{spec} must be rejected"));
+        match err {
+            kube::Error::Api(status) => {
+                assert_eq!(status.code, 422, "{spec}: {status:?}");
+                assert!(
+                    status.message.contains(expected),
+                    "{spec}: {}",
+                    status.message
+                );
+            }
+            other => panic!("{spec}: unexpected error {other}"),
+        }
+    }
+    // The valid neighbour of every rule is accepted.
+    let ok = bt_manifest(
+        "good",
+        json!({"serviceId": "svc", "lifetime": "2h", "renewBefore": "1h", "secretName": "a.valid-name"}),
+    );
+    api.patch("good", &PatchParams::apply("test"), &Patch::Apply(&ok))
+        .await
+        .unwrap();
+}

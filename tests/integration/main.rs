@@ -1,0 +1,5 @@
+//! Integration tests through a real kube-apiserver + etcd + kube-controller-manager (testenv),
+//! with the operator running under its restricted RBAC identity.
+
+mod controller;
+mod support;

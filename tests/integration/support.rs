@@ -1,0 +1,202 @@
+//! Runs the operator in-process against the test control plane, one instance per test namespace.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use bootstrap_token_operator::config::Config;
+use bootstrap_token_operator::controller::{self, Context};
+use bootstrap_token_operator::resource::{BootstrapToken, MANAGER, TOKEN_KEY};
+use bootstrap_token_operator::telemetry::ControllerMetrics;
+use bootstrap_token_operator::token::store::KeyProvider;
+use testenv::TestEnv;
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Operator {
+    pub ctx: Arc<Context>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Operator {
+    /// Starts the controller for `namespace` as the restricted operator identity; its signing
+    /// key Secret lives in the same namespace.
+    pub async fn start(namespace: &str, config_yaml: &str) -> Operator {
+        let config = Arc::new(Config::parse(config_yaml).expect("test config is valid"));
+        let client = TestEnv::global().operator_client().await;
+        let keys = Arc::new(KeyProvider::new(
+            client.clone(),
+            namespace,
+            config.signing.clone(),
+        ));
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: None,
+            },
+        );
+        let metrics = Arc::new(ControllerMetrics::new(&mut Registry::default()));
+        let ctx = Arc::new(Context::new(client, config, keys, recorder, metrics));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = stopped.map(|_| ()).boxed().shared();
+        let namespaces = vec![namespace.to_string()];
+        let task = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { controller::run(ctx, &namespaces, shutdown).await }
+        });
+        Operator {
+            ctx,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Graceful stop: in-flight reconciles finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("controller stops within the deadline")
+                .expect("controller task does not panic");
+        }
+    }
+
+    pub fn reconciles(&self) -> u64 {
+        self.ctx.metrics.reconcile_count(controller::CONTROLLER)
+    }
+
+    pub async fn keys(&self) -> &bootstrap_token_operator::token::KeySet {
+        self.ctx.keys.get().await.expect("keys load")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn admin() -> Client {
+    TestEnv::global().admin_client().await
+}
+
+pub async fn apply_bt(namespace: &str, manifest: Value) -> BootstrapToken {
+    let api: Api<BootstrapToken> = Api::namespaced(admin().await, namespace);
+    let name = manifest["metadata"]["name"]
+        .as_str()
+        .expect("manifest has a name")
+        .to_string();
+    api.patch(
+        &name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&manifest),
+    )
+    .await
+    .expect("BootstrapToken applies")
+}
+
+pub fn bt_manifest(name: &str, spec: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "bootstraptoken.dev/v1alpha1",
+        "kind": "BootstrapToken",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+/// Waits for Ready=True at the current generation and returns the object.
+pub async fn wait_ready(namespace: &str, name: &str) -> BootstrapToken {
+    let api: Api<BootstrapToken> = Api::namespaced(admin().await, namespace);
+    eventually(&format!("{namespace}/{name} Ready"), || {
+        let api = api.clone();
+        async move {
+            let bt = api.get(name).await.ok()?;
+            let ready = bt.ready_condition()?;
+            (ready.status == "True" && ready.observed_generation == bt.metadata.generation)
+                .then_some(bt)
+        }
+    })
+    .await
+}
+
+/// Waits for the Ready condition to carry `reason` and returns the object.
+pub async fn wait_reason(namespace: &str, name: &str, reason: &str) -> BootstrapToken {
+    let api: Api<BootstrapToken> = Api::namespaced(admin().await, namespace);
+    eventually(&format!("{namespace}/{name} reason {reason}"), || {
+        let api = api.clone();
+        async move {
+            let bt = api.get(name).await.ok()?;
+            (bt.ready_condition()?.reason == reason).then_some(bt)
+        }
+    })
+    .await
+}
+
+pub async fn secret(namespace: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(admin().await, namespace)
+        .get_opt(name)
+        .await
+        .expect("reading a Secret")
+}
+
+pub fn token_of(secret: &Secret) -> String {
+    let bytes = &secret.data.as_ref().expect("Secret has data")[TOKEN_KEY].0;
+    String::from_utf8(bytes.clone()).expect("token is UTF-8")
+}
+
+/// The decoded JSON payload of a compact JWT, keys in their original order.
+pub fn payload(token: &str) -> serde_json::Map<String, Value> {
+    use base64::Engine;
+    let part = token.split('.').nth(1).expect("JWT has a payload");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("payload is base64url");
+    serde_json::from_slice(&json).expect("payload is JSON")
+}
+
+/// Events recorded for an object, as (reason, note).
+pub async fn events_for(namespace: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin().await, namespace);
+    api.list(&Default::default())
+        .await
+        .expect("listing events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
