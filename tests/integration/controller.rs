@@ -187,6 +187,14 @@ async fn reconciling_an_unchanged_object_writes_nothing() {
     apply_bt(&ns, bt_manifest("idle", json!({"serviceId": "svc-idle"}))).await;
     let before = wait_ready(&ns, "idle").await;
     let secret_before = secret(&ns, "idle-bootstrap-token").await.unwrap();
+    // Let the reconciles triggered by our own writes finish, then count from a quiet point.
+    let settled = eventually("the reconciles caused by issuing to settle", || async {
+        let writes = operator.writes.get();
+        let reconciles = operator.reconciles();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        (operator.writes.get() == writes && operator.reconciles() == reconciles).then_some(writes)
+    })
+    .await;
 
     // Five metadata-only changes: each triggers a reconcile, none changes what the token depends on.
     let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
@@ -201,6 +209,11 @@ async fn reconciling_an_unchanged_object_writes_nothing() {
         })
         .await;
     }
+    assert_eq!(
+        operator.writes.get(),
+        settled,
+        "reconciles of an unchanged object wrote to the API server"
+    );
     let secret_after = secret(&ns, "idle-bootstrap-token").await.unwrap();
     assert_eq!(
         secret_after.metadata.resource_version,
@@ -216,6 +229,12 @@ async fn reconciling_an_unchanged_object_writes_nothing() {
         (restarted.reconciles() > 0).then_some(())
     })
     .await;
+    // The key Secret exists, so the restarted instance has nothing to create either.
+    assert_eq!(
+        restarted.writes.get(),
+        0,
+        "a restarted operator wrote to the API server"
+    );
     let secret_restart = secret(&ns, "idle-bootstrap-token").await.unwrap();
     assert_eq!(
         secret_restart.metadata.resource_version,

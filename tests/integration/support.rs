@@ -24,6 +24,8 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Operator {
     pub ctx: Arc<Context>,
+    /// Every non-GET request this operator instance sent to the API server.
+    pub writes: testenv::WriteCounter,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -33,7 +35,7 @@ impl Operator {
     /// key Secret lives in the same namespace.
     pub async fn start(namespace: &str, config_yaml: &str) -> Operator {
         let config = Arc::new(Config::parse(config_yaml).expect("test config is valid"));
-        let client = TestEnv::global().operator_client().await;
+        let (client, writes) = TestEnv::global().operator_client_counting_writes().await;
         let keys = Arc::new(KeyProvider::new(
             client.clone(),
             namespace,
@@ -57,6 +59,7 @@ impl Operator {
         });
         Operator {
             ctx,
+            writes,
             stop: Some(stop),
             task: Some(task),
         }

@@ -38,6 +38,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use process::Proc;
 
+/// Requests other than GET sent through a client from [`TestEnv::operator_client_counting_writes`].
+#[derive(Debug, Clone, Default)]
+pub struct WriteCounter(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl WriteCounter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// The user name of the operator's identity (client certificate CN, no groups).
 pub const OPERATOR_USER: &str = "bootstrap-token-operator";
 /// The user name of the admin identity (group `system:masters`).
@@ -284,6 +294,31 @@ impl TestEnv {
         client_from(self.operator.clone())
             .await
             .expect("operator client from kubeconfig")
+    }
+
+    /// An operator client that counts the writes (every request but GET) it sends, so tests can
+    /// show that a reconcile of an unchanged object writes nothing — a no-op server-side apply
+    /// leaves resourceVersion alone, so watching objects alone would not tell.
+    pub async fn operator_client_counting_writes(&self) -> (Client, WriteCounter) {
+        self.check_alive();
+        let config =
+            Config::from_custom_kubeconfig(self.operator.clone(), &KubeConfigOptions::default())
+                .await
+                .expect("operator config from kubeconfig");
+        let counter = WriteCounter::default();
+        let writes = counter.clone();
+        let layer =
+            tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+                if request.method() != http::Method::GET {
+                    writes.0.fetch_add(1, Ordering::SeqCst);
+                }
+                request
+            });
+        let client = kube::client::ClientBuilder::try_from(config)
+            .expect("client stack from config")
+            .with_layer(&layer)
+            .build();
+        (client, counter)
     }
 
     /// Creates a fresh namespace named `<prefix>-<random>` and returns its name.
