@@ -142,7 +142,28 @@ impl Config {
         let config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| e.to_string())?
+            // serde_path_to_error names the full field path (`bootstrap.lifetime`) for every error.
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(
+                |e| {
+                    let path = e.path().to_string();
+                    let mut inner = e.into_inner().to_string();
+                    // serde_yaml prefixes its own, shorter, path; keep only the full one.
+                    let parts: Vec<&str> = path.split('.').collect();
+                    for n in (1..=parts.len()).rev() {
+                        if let Some(rest) =
+                            inner.strip_prefix(&format!("{}: ", parts[..n].join(".")))
+                        {
+                            inner = rest.to_string();
+                            break;
+                        }
+                    }
+                    if path == "." {
+                        inner
+                    } else {
+                        format!("{path}: {inner}")
+                    }
+                },
+            )?
         };
         config.validate()?;
         Ok(config)

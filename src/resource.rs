@@ -43,7 +43,7 @@ pub const TOKEN_KEY: &str = "token";
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -142,4 +142,16 @@ pub fn crd_yaml() -> String {
     );
     yaml.push_str(&serde_yaml::to_string(&BootstrapToken::crd()).expect("the CRD serialises"));
     yaml
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn crd_file_is_generated_from_the_type() {
+        let on_disk = include_str!("../crds/bootstraptokens.bootstraptoken.dev.yaml");
+        assert!(
+            on_disk == super::crd_yaml(),
+            "crds/ drifted from the Rust type: run `make manifests`"
+        );
+    }
 }
