@@ -5,6 +5,8 @@ HELM_VERSION := v3.19.0
 CACHE := $(HOME)/.cache/bootstrap-token-operator
 OPERATOR := target/debug/bootstrap-token-operator
 CRD := crds/bootstraptokens.bootstraptoken.dev.yaml
+CHART := charts/bootstrap-token-operator
+RELEASE := bootstrap-token-operator
 
 .PHONY: all build test run manifests control-plane tools bench fmt clean
 
@@ -26,11 +28,16 @@ tools:
 	fi
 	@mkdir -p bin && ln -sfn "$(CACHE)/helm-$(HELM_VERSION)/helm" bin/helm
 
-## manifests: regenerate the CRD from the Rust type (a test fails when they drift).
-manifests:
+## manifests: regenerate everything derived (tests fail when any of it drifts): the CRD from the
+## Rust type (crds/ and the chart's copy), and from the chart the kustomize install and the RBAC
+## the integration tests run the operator under.
+manifests: tools
 	$(CARGO) run -q --bin bootstrap-token-operator -- crd > $(CRD)
+	cp $(CRD) $(CHART)/files/crds/
+	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) > deploy/install.yaml
+	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/clusterrole.yaml > deploy/rbac/clusterrole.yaml
 
-test: control-plane
+test: control-plane tools
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace

@@ -1,11 +1,14 @@
 //! bootstrap-token-operator: issues long-lived bootstrap tokens (RS256 JWTs) into Secrets and
 //! serves an OAuth 2.0 token endpoint.
 
+pub mod admin;
 pub mod config;
 pub mod controller;
 pub mod duration;
 pub mod endpoint;
+pub mod leader;
 pub mod policy;
 pub mod resource;
+pub mod shim;
 pub mod telemetry;
 pub mod token;

@@ -1,16 +1,24 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use futures::FutureExt;
 use kube::runtime::events::{Recorder, Reporter};
 
+use bootstrap_token_operator::admin::{self, AdminState};
 use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::controller::{self, Context};
+use bootstrap_token_operator::leader::{self, Shutdown};
 use bootstrap_token_operator::resource::{self, MANAGER};
 use bootstrap_token_operator::telemetry::{self, ControllerMetrics, LogFormat};
-use bootstrap_token_operator::token::store::KeyProvider;
+use bootstrap_token_operator::token::{new_jti, store::KeyProvider};
+
+/// How long in-flight work may take after SIGTERM before the process exits anyway.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(8);
 
 /// Issues long-lived bootstrap tokens (RS256 JWTs) into Kubernetes Secrets and serves an OAuth 2.0
 /// token endpoint.
@@ -23,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controller and the token endpoint against the cluster in KUBECONFIG or in-cluster.
+    /// Run the controllers and the token endpoint against the cluster in KUBECONFIG or in-cluster.
     Run(RunArgs),
     /// Print the BootstrapToken CustomResourceDefinition as YAML.
     Crd,
@@ -34,16 +42,22 @@ struct RunArgs {
     /// Configuration file (issuer, audience, bootstrap client, signing key, policy, endpoint).
     #[arg(long, env = "BTO_CONFIG")]
     config: Option<PathBuf>,
-    /// Namespace the operator runs in; its signing key Secret lives there.
-    #[arg(
-        long,
-        env = "POD_NAMESPACE",
-        default_value = "bootstrap-token-operator"
-    )]
+    /// Namespace the operator runs in: its signing key Secret and leader Lease live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "bootstrap-token-operator")]
     namespace: String,
     /// Comma-separated namespaces to watch; all namespaces when empty.
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', num_args = 0..)]
     watch_namespaces: Vec<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: SocketAddr,
+    /// Elect one leader among replicas through a Lease; only the leader reconciles.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// This replica's identity in the Lease (default: POD_NAME, else a random id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -85,28 +99,96 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .filter(|ns| !ns.is_empty())
         .collect();
     controller::ensure_crd_installed(&client, &watch_namespaces).await?;
+    let identity = args.identity.unwrap_or_else(|| format!("{MANAGER}-{}", &new_jti()[..8]));
 
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(ControllerMetrics::new(&mut registry));
+    metrics.init_controller(controller::CONTROLLER);
     let keys = Arc::new(KeyProvider::new(
         client.clone(),
         &args.namespace,
         config.signing.clone(),
     ));
-    if let Err(error) = keys.get().await {
-        // Not fatal: reconciles report KeyUnavailable and retry until the Secret can be read.
-        tracing::warn!(%error, "signing keys not loaded yet");
-    }
     let reporter = Reporter {
         controller: MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: Some(identity.clone()),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(ControllerMetrics::new(&mut registry));
-    let ctx = Arc::new(Context::new(client, config, keys, recorder, metrics));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        keys.clone(),
+        recorder,
+        metrics.clone(),
+    ));
+    let admin_state = Arc::new(AdminState {
+        registry,
+        ready: Default::default(),
+    });
 
-    let shutdown = shutdown_signal().boxed().shared();
-    tracing::info!(namespaces = ?watch_namespaces, "starting controller");
-    controller::run(ctx, &watch_namespaces, shutdown).await;
+    let shutdown: Shutdown = shutdown_signal().boxed().shared();
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .map_err(|e| format!("binding the admin port {}: {e}", args.admin_addr))?;
+    let admin_server = axum::serve(admin_listener, admin::router(admin_state.clone()))
+        .with_graceful_shutdown(shutdown.clone());
+    // Ready once the signing keys are loaded; until then reconciles report KeyUnavailable.
+    let readiness = {
+        let keys = keys.clone();
+        let admin_state = admin_state.clone();
+        async move {
+            let mut delay = Duration::from_millis(500);
+            while let Err(error) = keys.get().await {
+                tracing::warn!(%error, retry_in = ?delay, "signing keys not loaded yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            admin_state.ready.store(true, Ordering::SeqCst);
+        }
+    };
+
+    let reconcile = |stop: Shutdown| {
+        let ctx = ctx.clone();
+        let namespaces = watch_namespaces.clone();
+        async move { controller::run(ctx, &namespaces, stop).await }
+    };
+    let controllers = async {
+        if args.leader_elect {
+            leader::run_while_leader(
+                client.clone(),
+                &args.namespace,
+                &identity,
+                metrics.leader.clone(),
+                shutdown.clone(),
+                reconcile,
+            )
+            .await
+            .map_err(|e| format!("leader election: {e}"))
+        } else {
+            reconcile(shutdown.clone()).await;
+            Ok(())
+        }
+    };
+
+    tracing::info!(%identity, namespaces = ?watch_namespaces, admin = %args.admin_addr, "starting");
+    let work = async {
+        let readiness = async {
+            tokio::select! {
+                _ = readiness => {}
+                _ = shutdown.clone() => {}
+            }
+        };
+        let (controllers, admin, ()) =
+            tokio::join!(controllers, admin_server.into_future(), readiness);
+        admin.map_err(|e| format!("admin server: {e}"))?;
+        controllers
+    };
+    tokio::select! {
+        result = work => result?,
+        _ = async { shutdown.clone().await; tokio::time::sleep(SHUTDOWN_BOUND).await } => {
+            tracing::warn!("in-flight work did not finish within {SHUTDOWN_BOUND:?}; exiting");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -28,6 +28,7 @@ pub fn init_logging(format: LogFormat) {
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -48,6 +49,8 @@ pub struct ControllerMetrics {
     pub failures: Family<ReasonLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub tokens_issued: Family<ReasonLabels, Counter>,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
 }
 
 impl ControllerMetrics {
@@ -57,6 +60,7 @@ impl ControllerMetrics {
             failures: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             tokens_issued: Family::default(),
+            leader: Gauge::default(),
         };
         registry.register(
             "bootstrap_token_reconciles",
@@ -78,7 +82,19 @@ impl ControllerMetrics {
             "Bootstrap tokens signed, by why a new one was needed",
             metrics.tokens_issued.clone(),
         );
+        registry.register(
+            "bootstrap_token_leader",
+            "1 while this replica holds the leader Lease and reconciles",
+            metrics.leader.clone(),
+        );
         metrics
+    }
+
+    /// Exposes a controller's counters at 0 before its first reconcile, so "none yet" is visible.
+    pub fn init_controller(&self, controller: &'static str) {
+        for result in ["success", "error"] {
+            self.reconciles.get_or_create(&ResultLabels { controller, result });
+        }
     }
 
     pub fn reconciled(&self, controller: &'static str, ok: bool) {

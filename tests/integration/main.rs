@@ -2,4 +2,9 @@
 //! with the operator running under its restricted RBAC identity.
 
 mod controller;
+mod gitops;
+mod install;
+mod operations;
+mod process;
+mod shim;
 mod support;

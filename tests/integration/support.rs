@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::controller::{self, Context};
 use bootstrap_token_operator::resource::{BootstrapToken, MANAGER, TOKEN_KEY};
+use bootstrap_token_operator::shim;
 use bootstrap_token_operator::telemetry::ControllerMetrics;
 use bootstrap_token_operator::token::store::KeyProvider;
 use testenv::TestEnv;
@@ -55,7 +56,13 @@ impl Operator {
         let namespaces = vec![namespace.to_string()];
         let task = tokio::spawn({
             let ctx = ctx.clone();
-            async move { controller::run(ctx, &namespaces, shutdown).await }
+            let shim = Arc::new(shim::Context::from_controller(&ctx));
+            async move {
+                futures::join!(
+                    controller::run(ctx, &namespaces, shutdown.clone()),
+                    shim::run(shim, &namespaces, shutdown),
+                );
+            }
         });
         Operator {
             ctx,
@@ -82,6 +89,11 @@ impl Operator {
         self.ctx.metrics.reconcile_count(controller::CONTROLLER)
     }
 
+    /// Reconciles of the Deployment shim so far.
+    pub fn shim_reconciles(&self) -> u64 {
+        self.ctx.metrics.reconcile_count(shim::CONTROLLER)
+    }
+
     pub async fn keys(&self) -> &bootstrap_token_operator::token::KeySet {
         self.ctx.keys.get().await.expect("keys load")
     }
@@ -96,18 +108,26 @@ impl Drop for Operator {
 }
 
 /// Polls `check` until it returns `Some`, failing the test with `what` after the deadline.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    eventually_within(DEADLINE, what, check).await
+}
+
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(value) = check().await {
             return value;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {DEADLINE:?} waiting for {what}");
+            panic!("timed out after {limit:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -1,0 +1,147 @@
+//! The operator binary as a separate process, for the tests that kill, stop and race replicas.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use testenv::TestEnv;
+
+use crate::support::admin;
+
+pub struct OperatorProcess {
+    pub identity: String,
+    pub admin_addr: SocketAddr,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl OperatorProcess {
+    /// Starts `bootstrap-token-operator run` as the restricted identity, watching `namespace`
+    /// and keeping its key and Lease there.
+    pub fn spawn(namespace: &str, identity: &str) -> OperatorProcess {
+        Self::spawn_as(TestEnv::global().operator_kubeconfig_path(), namespace, namespace, identity, &[])
+    }
+
+    /// Starts the operator with `kubeconfig`'s identity, its key and Lease in `own_namespace`,
+    /// watching `watched`.
+    pub fn spawn_as(
+        kubeconfig: &std::path::Path,
+        own_namespace: &str,
+        watched: &str,
+        identity: &str,
+        extra_args: &[&str],
+    ) -> OperatorProcess {
+        let env = TestEnv::global();
+        let admin_addr = free_addr();
+        let log = env.dir().join(format!("operator-{watched}-{identity}.log"));
+        let log_file = std::fs::File::create(&log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_bootstrap-token-operator"))
+            .args(["run", "--namespace", own_namespace, "--watch-namespaces", watched])
+            .args(["--identity", identity, "--admin-addr", &admin_addr.to_string()])
+            .args(extra_args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .env_remove("BTO_CONFIG")
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the operator binary starts");
+        OperatorProcess {
+            identity: identity.to_string(),
+            admin_addr,
+            log,
+            child,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status and how long the exit took.
+    pub fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the operator") {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > limit {
+                self.kill();
+                panic!("operator {} did not exit within {limit:?}; log:\n{}", self.identity, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// GET on the admin port: (status, body), or None while it does not answer.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin_addr, path).await
+    }
+
+    /// A sample's value, summed over its label sets; 0 for a declared family without samples yet
+    /// (a counter nobody incremented), None when the family is not exposed at all.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        let family = sample.strip_suffix("_total").unwrap_or(sample);
+        let declared = body.lines().any(|line| line.starts_with(&format!("# TYPE {family} ")));
+        let values: Vec<f64> = body
+            .lines()
+            .filter(|line| line.starts_with(sample) && line[sample.len()..].starts_with([' ', '{']))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (declared || !values.is_empty()).then(|| values.iter().sum())
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().unwrap()
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// The identity holding the operator's Lease in `namespace`, if any.
+pub async fn lease_holder(namespace: &str) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(admin().await, namespace);
+    leases
+        .get_opt(bootstrap_token_operator::leader::LEASE_NAME)
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+        .filter(|holder| !holder.is_empty())
+}
