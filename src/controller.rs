@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -33,6 +33,9 @@ pub const CONTROLLER: &str = "bootstraptoken";
 
 /// Long requeues are capped: a periodic look also catches drift that no watch event reports.
 const MAX_REQUEUE: Duration = Duration::from_secs(3600);
+/// Reconciles in flight at once. Unbounded, a burst of thousands of objects meets the API
+/// server's in-flight limit (429s and back-off) and inflates memory.
+const MAX_CONCURRENT_RECONCILES: u16 = 16;
 /// A foreign Secret is not watched, so look again now and then to see whether it went away.
 const CONFLICT_REQUEUE: Duration = Duration::from_secs(60);
 
@@ -613,7 +616,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-    let apis: Vec<(Api<BootstrapToken>, Api<Secret>)> = if namespaces.is_empty() {
+    // Only the Secrets' metadata is watched: the ownerReference is all a trigger needs, and the
+    // token bytes need not travel on every watch event.
+    let apis: Vec<(Api<BootstrapToken>, Api<PartialObjectMeta<Secret>>)> = if namespaces.is_empty() {
         vec![(Api::all(ctx.client.clone()), Api::all(ctx.client.clone()))]
     } else {
         namespaces
@@ -629,6 +634,7 @@ pub async fn run(
     let controllers = apis.into_iter().map(|(tokens, secrets)| {
         Controller::new(tokens, watcher::Config::default())
             .owns(secrets, owned.clone())
+            .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {

@@ -14,6 +14,7 @@ use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::controller::{self, Context};
 use bootstrap_token_operator::leader::{self, Shutdown};
 use bootstrap_token_operator::resource::{self, MANAGER};
+use bootstrap_token_operator::shim;
 use bootstrap_token_operator::telemetry::{self, ControllerMetrics, LogFormat};
 use bootstrap_token_operator::token::{new_jti, store::KeyProvider};
 
@@ -104,6 +105,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(ControllerMetrics::new(&mut registry));
     metrics.init_controller(controller::CONTROLLER);
+    metrics.init_controller(shim::CONTROLLER);
     let keys = Arc::new(KeyProvider::new(
         client.clone(),
         &args.namespace,
@@ -150,7 +152,15 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let reconcile = |stop: Shutdown| {
         let ctx = ctx.clone();
         let namespaces = watch_namespaces.clone();
-        async move { controller::run(ctx, &namespaces, stop).await }
+        async move {
+            // A fresh shim context per term as leader, so it does not repost warnings a previous
+            // leader already posted.
+            let shim_ctx = Arc::new(shim::Context::from_controller(&ctx));
+            futures::join!(
+                controller::run(ctx, &namespaces, stop.clone()),
+                shim::run(shim_ctx, &namespaces, stop),
+            );
+        }
     };
     let controllers = async {
         if args.leader_elect {

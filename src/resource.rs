@@ -38,6 +38,8 @@ pub mod annotations {
 pub const TOKEN_KEY: &str = "token";
 
 /// A long-lived bootstrap token for one service, kept in a Secret.
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "bootstraptoken.dev",

@@ -513,12 +513,16 @@ async fn mirror_not_ready(d: &DeploymentMeta, child: &BootstrapToken, ctx: &Cont
 /// Keeps the pod-template annotation `bootstraptoken.dev/token-id` equal to the child's current
 /// token id; writes only when they differ, so the pods roll exactly when the token changes.
 async fn roll_pods(d: &DeploymentMeta, child: &BootstrapToken, ctx: &Context) -> Result<(), Error> {
-    let ready = child.ready_condition().is_some_and(|c| c.status == "True");
+    // Only a Ready status about the current spec: when not Ready the Secret may not hold that
+    // token (a forbidden id deletes it), and a status about the previous spec names a token that
+    // is about to be replaced — rolling the pods for it would roll them twice.
+    let up_to_date = child
+        .ready_condition()
+        .is_some_and(|c| c.status == "True" && c.observed_generation == child.metadata.generation);
     let Some(token_id) = child.status.as_ref().and_then(|s| s.token_id.as_deref()) else {
         return Ok(());
     };
-    if !ready {
-        // The Secret may not hold that token (a forbidden id deletes it): leave the pods be.
+    if !up_to_date {
         return Ok(());
     }
     let name = d.name_any();

@@ -93,7 +93,9 @@ impl ControllerMetrics {
     /// Exposes a controller's counters at 0 before its first reconcile, so "none yet" is visible.
     pub fn init_controller(&self, controller: &'static str) {
         for result in ["success", "error"] {
-            self.reconciles.get_or_create(&ResultLabels { controller, result });
+            self.reconciles
+                .get_or_create(&ResultLabels { controller, result })
+                .inc_by(0);
         }
     }
 
