@@ -25,7 +25,10 @@ use testenv::TestEnv;
 const CONCURRENCY: usize = 32;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct OperatorProcess(Child, std::net::SocketAddr);
@@ -35,10 +38,21 @@ impl OperatorProcess {
     /// part of any measurement.
     async fn start(namespace: &str) -> OperatorProcess {
         let env = TestEnv::global();
-        let admin_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let admin_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let log = std::fs::File::create(env.dir().join(format!("bench-{namespace}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_bootstrap-token-operator"))
-            .args(["run", "--namespace", namespace, "--watch-namespaces", namespace, "--admin-addr", &admin_addr.to_string()])
+            .args([
+                "run",
+                "--namespace",
+                namespace,
+                "--watch-namespaces",
+                namespace,
+                "--admin-addr",
+                &admin_addr.to_string(),
+            ])
             .env("KUBECONFIG", env.operator_kubeconfig_path())
             .env("RUST_LOG", "warn")
             .stdout(log.try_clone().unwrap())
@@ -49,7 +63,10 @@ impl OperatorProcess {
         let operator = OperatorProcess(child, admin_addr);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !leads(admin_addr).await {
-            assert!(Instant::now() < deadline, "the operator did not become ready and lead");
+            assert!(
+                Instant::now() < deadline,
+                "the operator did not become ready and lead"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         operator
@@ -60,7 +77,14 @@ impl OperatorProcess {
         let text = metrics(self.1).await.unwrap_or_default();
         let count = sample(&text, "bootstrap_token_reconcile_duration_seconds_count");
         let sum = sample(&text, "bootstrap_token_reconcile_duration_seconds_sum");
-        (count, if count > 0.0 { sum / count * 1000.0 } else { 0.0 })
+        (
+            count,
+            if count > 0.0 {
+                sum / count * 1000.0
+            } else {
+                0.0
+            },
+        )
     }
 
     /// Peak resident set size (VmHWM), in MiB.
@@ -95,7 +119,9 @@ async fn metrics(addr: std::net::SocketAddr) -> Option<String> {
 
 /// Whether the operator at `addr` holds the lease (and so reconciles).
 async fn leads(addr: std::net::SocketAddr) -> bool {
-    metrics(addr).await.is_some_and(|text| text.lines().any(|line| line == "bootstrap_token_leader 1"))
+    metrics(addr)
+        .await
+        .is_some_and(|text| text.lines().any(|line| line == "bootstrap_token_leader 1"))
 }
 
 /// The sum of a sample over its label sets.
@@ -114,18 +140,27 @@ async fn create_secrets(client: kube::Client, namespace: &str, count: usize) -> 
             let api = api.clone();
             async move {
                 let secret = Secret {
-                    metadata: ObjectMeta { name: Some(format!("direct-{i:05}")), ..Default::default() },
+                    metadata: ObjectMeta {
+                        name: Some(format!("direct-{i:05}")),
+                        ..Default::default()
+                    },
                     data: Some([("token".to_string(), ByteString(vec![b'x'; 900]))].into()),
                     ..Default::default()
                 };
-                api.create(&PostParams::default(), &secret).await.expect("Secret created");
+                api.create(&PostParams::default(), &secret)
+                    .await
+                    .expect("Secret created");
             }
         })
         .await;
     started.elapsed()
 }
 
-async fn create_tokens_until_ready(client: kube::Client, namespace: &str, count: usize) -> Duration {
+async fn create_tokens_until_ready(
+    client: kube::Client,
+    namespace: &str,
+    count: usize,
+) -> Duration {
     let api: Api<BootstrapToken> = Api::namespaced(client, namespace);
     let started = Instant::now();
     futures::stream::iter(0..count)
@@ -154,7 +189,10 @@ async fn create_tokens_until_ready(client: kube::Client, namespace: &str, count:
         if ready == count {
             return started.elapsed();
         }
-        assert!(Instant::now() < deadline, "only {ready}/{count} Ready after 30 minutes");
+        assert!(
+            Instant::now() < deadline,
+            "only {ready}/{count} Ready after 30 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -195,7 +233,10 @@ async fn writes_during(client: kube::Client, namespace: &str, idle: Duration) ->
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let count = env_usize("BENCH_TOKENS", 1000);
         let large = env_usize("BENCH_LARGE", 10_000);

@@ -17,10 +17,17 @@ fn lua_literal(value: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => format!("{s:?}"),
-        Value::Array(items) => format!("{{{}}}", items.iter().map(lua_literal).collect::<Vec<_>>().join(", ")),
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua_literal).collect::<Vec<_>>().join(", ")
+        ),
         Value::Object(fields) => format!(
             "{{{}}}",
-            fields.iter().map(|(k, v)| format!("[{k:?}] = {}", lua_literal(v))).collect::<Vec<_>>().join(", ")
+            fields
+                .iter()
+                .map(|(k, v)| format!("[{k:?}] = {}", lua_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -32,11 +39,21 @@ fn argocd_health(object: &BootstrapToken) -> (String, String) {
         "obj = {}\nlocal hs = (function()\n{script}\nend)()\nprint(hs.status)\nprint(hs.message)",
         lua_literal(&serde_json::to_value(object).unwrap())
     );
-    let out = Command::new("lua5.4").args(["-e", &program]).output().expect("lua5.4 runs (apt package lua5.4)");
-    assert!(out.status.success(), "lua: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("lua5.4")
+        .args(["-e", &program])
+        .output()
+        .expect("lua5.4 runs (apt package lua5.4)");
+    assert!(
+        out.status.success(),
+        "lua: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut lines = text.lines();
-    (lines.next().unwrap_or_default().into(), lines.next().unwrap_or_default().into())
+    (
+        lines.next().unwrap_or_default().into(),
+        lines.next().unwrap_or_default().into(),
+    )
 }
 
 #[tokio::test]
@@ -45,7 +62,11 @@ async fn argocd_health_follows_the_ready_condition() {
     let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
 
     // Before any operator looked at it: no status yet.
-    let fresh = apply_bt(&ns, bt_manifest("healthy", json!({"serviceId": "svc-healthy"}))).await;
+    let fresh = apply_bt(
+        &ns,
+        bt_manifest("healthy", json!({"serviceId": "svc-healthy"})),
+    )
+    .await;
     assert_eq!(argocd_health(&fresh).0, "Progressing");
 
     let operator = Operator::start(&ns, "policy: [{serviceIds: [\"svc-*\"]}]").await;
@@ -54,14 +75,21 @@ async fn argocd_health_follows_the_ready_condition() {
     assert_eq!(status, "Healthy", "{message}");
     assert!(message.starts_with("Issued"), "{message}");
 
-    apply_bt(&ns, bt_manifest("degraded", json!({"serviceId": "not-allowed"}))).await;
+    apply_bt(
+        &ns,
+        bt_manifest("degraded", json!({"serviceId": "not-allowed"})),
+    )
+    .await;
     let degraded = wait_reason(&ns, "degraded", "Forbidden").await;
     assert_eq!(argocd_health(&degraded).0, "Degraded");
 
     // A spec change the operator has not observed yet is progress, not health.
     operator.stop().await;
     let patch = json!({"spec": {"serviceId": "svc-healthy-2"}});
-    let changed = api.patch("healthy", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let changed = api
+        .patch("healthy", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     assert!(changed.metadata.generation > changed.ready_condition().unwrap().observed_generation);
     assert_eq!(argocd_health(&changed).0, "Progressing");
 }

@@ -24,13 +24,23 @@ fn helm() -> Command {
 
 /// Runs a command and returns its stdout, failing the test with its stderr.
 fn output(command: &mut Command) -> String {
-    let out = command.output().expect("the command runs (make tools builds bin/helm)");
-    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = command
+        .output()
+        .expect("the command runs (make tools builds bin/helm)");
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn render(release: &str, namespace: &str, args: &[&str]) -> String {
-    output(helm().args(["template", release, CHART, "--namespace", namespace]).args(args))
+    output(
+        helm()
+            .args(["template", release, CHART, "--namespace", namespace])
+            .args(args),
+    )
 }
 
 /// The objects of a multi-document YAML stream, sorted by kind and name.
@@ -40,27 +50,58 @@ fn objects(yaml: &str) -> Vec<Value> {
         .filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok())
         .filter(|v| v.is_object())
         .collect();
-    objects.sort_by_key(|o| (o["kind"].as_str().unwrap_or_default().to_string(), o["metadata"]["name"].as_str().unwrap_or_default().to_string()));
+    objects.sort_by_key(|o| {
+        (
+            o["kind"].as_str().unwrap_or_default().to_string(),
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    });
     objects
 }
 
 fn kubectl_admin() -> Command {
     let mut command = Command::new("kubectl");
-    command.arg("--kubeconfig").arg(TestEnv::global().admin_kubeconfig_path());
+    command
+        .arg("--kubeconfig")
+        .arg(TestEnv::global().admin_kubeconfig_path());
     command
 }
 
 fn kubectl_apply(yaml: &str, dry_run: bool) -> String {
     let mut command = kubectl_admin();
-    command.args(["apply", "--server-side", "--force-conflicts", "--field-manager=helm-test", "-f", "-"]);
+    command.args([
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=helm-test",
+        "-f",
+        "-",
+    ]);
     if dry_run {
         command.arg("--dry-run=server");
     }
-    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -83,32 +124,80 @@ async fn ensure_namespace(name: &str) {
 #[test]
 fn chart_lints_and_deploy_holds_its_rendering() {
     output(helm().args(["lint", "--strict", CHART]));
-    output(helm().args(["lint", "--strict", CHART, "-f", &format!("{CHART}/ci/namespaced-values.yaml")]));
+    output(helm().args([
+        "lint",
+        "--strict",
+        CHART,
+        "-f",
+        &format!("{CHART}/ci/namespaced-values.yaml"),
+    ]));
     let release = "bootstrap-token-operator";
     let rendered = render(release, release, &[]);
     let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap();
-    assert!(rendered == read("deploy/install.yaml"), "deploy/install.yaml drifted from the chart: run `make manifests`");
-    let role = render(release, release, &["--show-only", "templates/clusterrole.yaml"]);
-    assert!(role == read("deploy/rbac/clusterrole.yaml"), "deploy/rbac/ drifted from the chart: run `make manifests`");
     assert!(
-        read(&format!("{CHART}/files/crds/bootstraptokens.bootstraptoken.dev.yaml")) == read("crds/bootstraptokens.bootstraptoken.dev.yaml"),
+        rendered == read("deploy/install.yaml"),
+        "deploy/install.yaml drifted from the chart: run `make manifests`"
+    );
+    let role = render(
+        release,
+        release,
+        &["--show-only", "templates/clusterrole.yaml"],
+    );
+    assert!(
+        role == read("deploy/rbac/clusterrole.yaml"),
+        "deploy/rbac/ drifted from the chart: run `make manifests`"
+    );
+    assert!(
+        read(&format!(
+            "{CHART}/files/crds/bootstraptokens.bootstraptoken.dev.yaml"
+        )) == read("crds/bootstraptokens.bootstraptoken.dev.yaml"),
         "the chart's CRD drifted from crds/: run `make manifests`"
     );
 
     // kubectl apply -k deploy/ installs the chart's objects plus the namespace they live in.
-    let kustomized = objects(&output(Command::new("kubectl").args(["kustomize"]).arg(repo_root().join("deploy"))));
+    let kustomized = objects(&output(
+        Command::new("kubectl")
+            .args(["kustomize"])
+            .arg(repo_root().join("deploy")),
+    ));
     let mut expected = objects(&rendered);
     expected.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": release}}));
-    expected.sort_by_key(|o| (o["kind"].as_str().unwrap_or_default().to_string(), o["metadata"]["name"].as_str().unwrap_or_default().to_string()));
-    let names = |objects: &[Value]| objects.iter().map(|o| format!("{}/{}", o["kind"], o["metadata"]["name"])).collect::<Vec<_>>();
+    expected.sort_by_key(|o| {
+        (
+            o["kind"].as_str().unwrap_or_default().to_string(),
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    });
+    let names = |objects: &[Value]| {
+        objects
+            .iter()
+            .map(|o| format!("{}/{}", o["kind"], o["metadata"]["name"]))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(names(&kustomized), names(&expected));
     for (got, want) in kustomized.iter().zip(&expected) {
-        assert!(got == want, "kubectl kustomize deploy/ differs from the chart in {}/{}", want["kind"], want["metadata"]["name"]);
+        assert!(
+            got == want,
+            "kubectl kustomize deploy/ differs from the chart in {}/{}",
+            want["kind"],
+            want["metadata"]["name"]
+        );
     }
 
     // values.schema.json rejects mistakes at install time.
-    for bad in [["--set", "replicaCount=0"], ["--set", "config.versionClaim=v2"], ["--set", "unknownKey=1"]] {
-        let out = helm().args(["template", "x", CHART]).args(bad).output().unwrap();
+    for bad in [
+        ["--set", "replicaCount=0"],
+        ["--set", "config.versionClaim=v2"],
+        ["--set", "unknownKey=1"],
+    ] {
+        let out = helm()
+            .args(["template", "x", CHART])
+            .args(bad)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{bad:?} must be rejected");
     }
 }
@@ -118,14 +207,28 @@ async fn every_rendered_object_passes_server_side_dry_run_in_both_modes() {
     let release_ns = TestEnv::global().namespace("chart-dry").await;
     let cluster_mode = render("dry-cluster", &release_ns, &[]);
     let out = kubectl_apply(&cluster_mode, true);
-    for kind in ["clusterrole", "deployment", "service", "configmap", "poddisruptionbudget", "customresourcedefinition"] {
+    for kind in [
+        "clusterrole",
+        "deployment",
+        "service",
+        "configmap",
+        "poddisruptionbudget",
+        "customresourcedefinition",
+    ] {
         assert!(out.contains(kind), "dry-run covered {kind}: {out}");
     }
     for ns in ["team-a", "team-b"] {
         ensure_namespace(ns).await;
     }
-    let namespaced = render("dry-ns", &release_ns, &["-f", &format!("{CHART}/ci/namespaced-values.yaml")]);
-    assert!(!namespaced.contains("kind: ClusterRole"), "namespaced mode has no ClusterRole");
+    let namespaced = render(
+        "dry-ns",
+        &release_ns,
+        &["-f", &format!("{CHART}/ci/namespaced-values.yaml")],
+    );
+    assert!(
+        !namespaced.contains("kind: ClusterRole"),
+        "namespaced mode has no ClusterRole"
+    );
     let out = kubectl_apply(&namespaced, true);
     assert!(out.contains("role.rbac.authorization.k8s.io/dry-ns-bootstrap-token-operator serverside-applied (server dry run)"), "{out}");
 }
@@ -139,34 +242,89 @@ async fn operator_issues_tokens_under_the_charts_service_account() {
     // Install what the chart renders, except the Deployment: no kubelet runs its Pods here, so
     // the test runs the same binary itself, as the chart's ServiceAccount.
     let rendered = render(release, &release_ns, &[]);
-    let without_pods: Vec<&str> = rendered.split("\n---").filter(|doc| !doc.contains("\nkind: Deployment")).collect();
+    let without_pods: Vec<&str> = rendered
+        .split("\n---")
+        .filter(|doc| !doc.contains("\nkind: Deployment"))
+        .collect();
     kubectl_apply(&without_pods.join("\n---"), false);
-    let token = output(kubectl_admin().args(["-n", &release_ns, "create", "token", "e2e-bootstrap-token-operator", "--duration=1h"]));
+    let token = output(kubectl_admin().args([
+        "-n",
+        &release_ns,
+        "create",
+        "token",
+        "e2e-bootstrap-token-operator",
+        "--duration=1h",
+    ]));
     let kubeconfig = service_account_kubeconfig(&release_ns, token.trim());
-    let config = output(kubectl_admin().args(["-n", &release_ns, "get", "configmap", "e2e-bootstrap-token-operator", "-o", "jsonpath={.data.config\\.yaml}"]));
+    let config = output(kubectl_admin().args([
+        "-n",
+        &release_ns,
+        "get",
+        "configmap",
+        "e2e-bootstrap-token-operator",
+        "-o",
+        "jsonpath={.data.config\\.yaml}",
+    ]));
     let config_path = env.dir().join(format!("{release_ns}-config.yaml"));
     std::fs::write(&config_path, config).unwrap();
 
-    let operator = OperatorProcess::spawn_as(&kubeconfig, &release_ns, &watched, "chart-sa", &["--config", config_path.to_str().unwrap()]);
-    apply_bt(&watched, bt_manifest("e2e", json!({"serviceId": "com.networknt.petstore-1.0.0"}))).await;
-    let bt = eventually_within(std::time::Duration::from_secs(60), "Ready under the chart's ServiceAccount", || async {
-        let bt = Api::<bootstrap_token_operator::resource::BootstrapToken>::namespaced(admin().await, &watched).get("e2e").await.ok()?;
-        (bt.ready_condition()?.status == "True").then_some(bt)
-    })
+    let operator = OperatorProcess::spawn_as(
+        &kubeconfig,
+        &release_ns,
+        &watched,
+        "chart-sa",
+        &["--config", config_path.to_str().unwrap()],
+    );
+    apply_bt(
+        &watched,
+        bt_manifest("e2e", json!({"serviceId": "com.networknt.petstore-1.0.0"})),
+    )
     .await;
-    let key = secret(&release_ns, "bootstrap-token-signing-key").await.expect("key Secret in the release namespace");
-    let keys = KeySet::new(SigningKey::from_pem("100", &key.data.unwrap()["key.pem"].0).unwrap(), vec![]);
-    let token = token_of(&secret(&watched, "e2e-bootstrap-token").await.expect("token Secret"));
+    let bt = eventually_within(
+        std::time::Duration::from_secs(60),
+        "Ready under the chart's ServiceAccount",
+        || async {
+            let bt = Api::<bootstrap_token_operator::resource::BootstrapToken>::namespaced(
+                admin().await,
+                &watched,
+            )
+            .get("e2e")
+            .await
+            .ok()?;
+            (bt.ready_condition()?.status == "True").then_some(bt)
+        },
+    )
+    .await;
+    let key = secret(&release_ns, "bootstrap-token-signing-key")
+        .await
+        .expect("key Secret in the release namespace");
+    let keys = KeySet::new(
+        SigningKey::from_pem("100", &key.data.unwrap()["key.pem"].0).unwrap(),
+        vec![],
+    );
+    let token = token_of(
+        &secret(&watched, "e2e-bootstrap-token")
+            .await
+            .expect("token Secret"),
+    );
     let verified = keys.verify(&token).expect("token verifies");
-    assert_eq!(verified.claims.sid.as_deref(), Some("com.networknt.petstore-1.0.0"));
-    assert_eq!(bt.status.unwrap().token_id.as_deref(), Some(verified.claims.jti.as_str()));
+    assert_eq!(
+        verified.claims.sid.as_deref(),
+        Some("com.networknt.petstore-1.0.0")
+    );
+    assert_eq!(
+        bt.status.unwrap().token_id.as_deref(),
+        Some(verified.claims.jti.as_str())
+    );
     drop(operator);
 }
 
 /// A kubeconfig for the ServiceAccount token, trusting the test API server's CA.
 fn service_account_kubeconfig(namespace: &str, token: &str) -> PathBuf {
     let env = TestEnv::global();
-    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(env.admin_kubeconfig_path()).unwrap()).unwrap();
+    let admin: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(env.admin_kubeconfig_path()).unwrap())
+            .unwrap();
     let cluster = admin["clusters"][0]["cluster"].clone();
     let kubeconfig = json!({
         "apiVersion": "v1",

@@ -28,14 +28,19 @@ async fn wait_serving(operator: &OperatorProcess) {
 }
 
 async fn wait_holder(namespace: &str, identity: &str) {
-    eventually_within(FAILOVER_DEADLINE, &format!("{identity} to hold the lease"), || async {
-        (lease_holder(namespace).await.as_deref() == Some(identity)).then_some(())
-    })
+    eventually_within(
+        FAILOVER_DEADLINE,
+        &format!("{identity} to hold the lease"),
+        || async { (lease_holder(namespace).await.as_deref() == Some(identity)).then_some(()) },
+    )
     .await;
 }
 
 /// Every write to a token Secret, by Secret name, seen through a watch from before the first one.
-fn record_secret_writes(namespace: &str, client: kube::Client) -> Arc<Mutex<BTreeMap<String, Vec<String>>>> {
+fn record_secret_writes(
+    namespace: &str,
+    client: kube::Client,
+) -> Arc<Mutex<BTreeMap<String, Vec<String>>>> {
     let writes: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
     let api: Api<Secret> = Api::namespaced(client, namespace);
     let sink = writes.clone();
@@ -65,9 +70,7 @@ async fn ready_tokens(namespace: &str) -> BTreeMap<String, String> {
         .map(|list| list.items)
         .unwrap_or_default()
         .into_iter()
-        .filter(|bt| {
-            bt.ready_condition().is_some_and(|c| c.status == "True")
-        })
+        .filter(|bt| bt.ready_condition().is_some_and(|c| c.status == "True"))
         .filter_map(|bt| Some((bt.metadata.name.clone()?, bt.status?.token_id?)))
         .collect()
 }
@@ -82,58 +85,103 @@ async fn failover_keeps_exactly_one_token_per_object() {
     wait_serving(&a).await;
     wait_serving(&b).await;
     assert_eq!(a.metric("bootstrap_token_leader").await, Some(1.0));
-    assert_eq!(b.metric("bootstrap_token_leader").await, Some(0.0), "a follower does not lead");
+    assert_eq!(
+        b.metric("bootstrap_token_leader").await,
+        Some(0.0),
+        "a follower does not lead"
+    );
 
     let writes = record_secret_writes(&ns, admin().await);
     futures::stream::iter(0..COUNT)
         .for_each_concurrent(16, |i| {
             let ns = ns.clone();
             async move {
-                apply_bt(&ns, bt_manifest(&format!("svc-{i:03}"), json!({"serviceId": format!("com.example.svc-{i:03}")}))).await;
+                apply_bt(
+                    &ns,
+                    bt_manifest(
+                        &format!("svc-{i:03}"),
+                        json!({"serviceId": format!("com.example.svc-{i:03}")}),
+                    ),
+                )
+                .await;
             }
         })
         .await;
     // Kill the leader mid-way through the batch.
-    eventually_within(FAILOVER_DEADLINE, "some tokens issued by the first leader", || async {
-        (ready_tokens(&ns).await.len() >= 20).then_some(())
-    })
+    eventually_within(
+        FAILOVER_DEADLINE,
+        "some tokens issued by the first leader",
+        || async { (ready_tokens(&ns).await.len() >= 20).then_some(()) },
+    )
     .await;
     a.kill();
-    assert!(ready_tokens(&ns).await.len() < COUNT, "the leader was killed mid-way, not after the batch");
-    assert_eq!(b.metric("bootstrap_token_reconciles_total").await, Some(0.0), "the follower never reconciled while a led");
+    assert!(
+        ready_tokens(&ns).await.len() < COUNT,
+        "the leader was killed mid-way, not after the batch"
+    );
+    assert_eq!(
+        b.metric("bootstrap_token_reconciles_total").await,
+        Some(0.0),
+        "the follower never reconciled while a led"
+    );
 
     wait_holder(&ns, "replica-b").await;
-    let tokens = eventually_within(FAILOVER_DEADLINE, "all BootstrapTokens Ready after failover", || async {
-        let tokens = ready_tokens(&ns).await;
-        (tokens.len() == COUNT).then_some(tokens)
-    })
+    let tokens = eventually_within(
+        FAILOVER_DEADLINE,
+        "all BootstrapTokens Ready after failover",
+        || async {
+            let tokens = ready_tokens(&ns).await;
+            (tokens.len() == COUNT).then_some(tokens)
+        },
+    )
     .await;
     for (name, token_id) in &tokens {
-        let secret = secret(&ns, &format!("{name}-bootstrap-token")).await.expect("token Secret");
-        assert_eq!(payload(&token_of(&secret))["jti"], token_id.as_str(), "{name}");
+        let secret = secret(&ns, &format!("{name}-bootstrap-token"))
+            .await
+            .expect("token Secret");
+        assert_eq!(
+            payload(&token_of(&secret))["jti"],
+            token_id.as_str(),
+            "{name}"
+        );
     }
 
     // SIGTERM: a clean exit within the bound, and the lease released for a successor.
     let (status, took) = b.terminate(Duration::from_secs(10));
-    assert!(status.success(), "exit status {status:?}; log:\n{}", b.log_tail());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        b.log_tail()
+    );
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert_eq!(lease_holder(&ns).await, None, "SIGTERM released the lease");
 
     // A fresh replica reconciles everything and re-signs nothing.
     let c = OperatorProcess::spawn(&ns, "replica-c");
-    eventually_within(Duration::from_secs(20), "the successor to lead at once", || async {
-        (lease_holder(&ns).await.as_deref() == Some("replica-c")).then_some(())
-    })
+    eventually_within(
+        Duration::from_secs(20),
+        "the successor to lead at once",
+        || async { (lease_holder(&ns).await.as_deref() == Some("replica-c")).then_some(()) },
+    )
     .await;
-    eventually_within(FAILOVER_DEADLINE, "the successor to reconcile every object", || async {
-        (c.metric("bootstrap_token_reconciles_total").await? >= COUNT as f64).then_some(())
-    })
+    eventually_within(
+        FAILOVER_DEADLINE,
+        "the successor to reconcile every object",
+        || async {
+            (c.metric("bootstrap_token_reconciles_total").await? >= COUNT as f64).then_some(())
+        },
+    )
     .await;
     assert_eq!(ready_tokens(&ns).await, tokens, "token ids never change");
     let writes = writes.lock().unwrap().clone();
     assert_eq!(writes.len(), COUNT, "every object got a Secret");
     for (name, versions) in &writes {
-        assert_eq!(versions.len(), 1, "{name} was written {} times", versions.len());
+        assert_eq!(
+            versions.len(),
+            1,
+            "{name} was written {} times",
+            versions.len()
+        );
     }
 }
 
@@ -144,22 +192,125 @@ async fn racing_replicas_share_one_signing_key() {
     let mut b = OperatorProcess::spawn(&ns, "race-b");
     wait_serving(&a).await;
     wait_serving(&b).await;
-    let key_secret = secret(&ns, "bootstrap-token-signing-key").await.expect("one key Secret");
+    let key_secret = secret(&ns, "bootstrap-token-signing-key")
+        .await
+        .expect("one key Secret");
     let pem = &key_secret.data.as_ref().unwrap()["key.pem"].0;
     let keys = KeySet::new(SigningKey::from_pem("100", pem).unwrap(), vec![]);
 
     // Whoever leads signs with the stored key; then the other one takes over and does the same.
     apply_bt(&ns, bt_manifest("first", json!({"serviceId": "svc-first"}))).await;
     wait_ready(&ns, "first").await;
-    keys.verify(&token_of(&secret(&ns, "first-bootstrap-token").await.unwrap()))
-        .expect("the leader signs with the key in the Secret");
+    keys.verify(&token_of(
+        &secret(&ns, "first-bootstrap-token").await.unwrap(),
+    ))
+    .expect("the leader signs with the key in the Secret");
     let leader = lease_holder(&ns).await.expect("a leader");
-    let (first, second) = if leader == "race-a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let (first, second) = if leader == "race-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
     let (status, _) = first.terminate(Duration::from_secs(10));
     assert!(status.success());
     wait_holder(&ns, &second.identity).await;
-    apply_bt(&ns, bt_manifest("second", json!({"serviceId": "svc-second"}))).await;
+    apply_bt(
+        &ns,
+        bt_manifest("second", json!({"serviceId": "svc-second"})),
+    )
+    .await;
     wait_ready(&ns, "second").await;
-    keys.verify(&token_of(&secret(&ns, "second-bootstrap-token").await.unwrap()))
-        .expect("the other replica signs with the same key");
+    keys.verify(&token_of(
+        &secret(&ns, "second-bootstrap-token").await.unwrap(),
+    ))
+    .expect("the other replica signs with the same key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn survives_an_api_server_outage() {
+    const COUNT: usize = 60;
+    // A private control plane: stopping the shared one would break every other test.
+    let env = tokio::task::spawn_blocking(TestEnv::start)
+        .await
+        .unwrap()
+        .expect("private control plane");
+    let ns = env.namespace("outage").await;
+    let mut operator =
+        OperatorProcess::spawn_as(env.operator_kubeconfig_path(), &ns, &ns, "outage", &[]);
+    wait_serving(&operator).await;
+    let tokens: Api<BootstrapToken> = Api::namespaced(env.admin_client().await, &ns);
+    let apply = |i: usize| {
+        let tokens = tokens.clone();
+        async move {
+            let name = format!("svc-{i:03}");
+            let manifest = bt_manifest(&name, json!({"serviceId": format!("com.example.{name}")}));
+            tokens
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::apply("test").force(),
+                    &kube::api::Patch::Apply(&manifest),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let ready = || async {
+        tokens.list(&ListParams::default()).await.ok().map(|list| {
+            list.items
+                .into_iter()
+                .filter(|bt| bt.ready_condition().is_some_and(|c| c.status == "True"))
+                .filter_map(|bt| Some((bt.metadata.name.clone()?, bt.status?.token_id?)))
+                .collect::<BTreeMap<_, _>>()
+        })
+    };
+    futures::stream::iter(0..COUNT / 2)
+        .for_each_concurrent(8, apply)
+        .await;
+    eventually("some tokens before the outage", || async {
+        (ready().await?.len() >= 5).then_some(())
+    })
+    .await;
+
+    // The outage itself is the fault under test, so it lasts a fixed 10 s.
+    env.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    env.start_apiserver().await;
+    futures::stream::iter(COUNT / 2..COUNT)
+        .for_each_concurrent(8, apply)
+        .await;
+
+    let settled = eventually_within(
+        FAILOVER_DEADLINE,
+        "every object Ready after the outage",
+        || async {
+            let tokens = ready().await?;
+            (tokens.len() == COUNT).then_some(tokens)
+        },
+    )
+    .await;
+    assert!(
+        operator.running(),
+        "the operator survived without a restart; log:\n{}",
+        operator.log_tail()
+    );
+    let log = std::fs::read_to_string(&operator.log).unwrap();
+    assert!(
+        !log.contains("panicked"),
+        "no panic:\n{}",
+        operator.log_tail()
+    );
+    let secrets: Api<Secret> = Api::namespaced(env.admin_client().await, &ns);
+    for (name, token_id) in &settled {
+        let secret = secrets
+            .get(&format!("{name}-bootstrap-token"))
+            .await
+            .unwrap();
+        assert_eq!(
+            payload(&token_of(&secret))["jti"],
+            token_id.as_str(),
+            "{name}"
+        );
+    }
+    drop(operator);
+    env.stop();
 }

@@ -24,7 +24,13 @@ impl OperatorProcess {
     /// Starts `bootstrap-token-operator run` as the restricted identity, watching `namespace`
     /// and keeping its key and Lease there.
     pub fn spawn(namespace: &str, identity: &str) -> OperatorProcess {
-        Self::spawn_as(TestEnv::global().operator_kubeconfig_path(), namespace, namespace, identity, &[])
+        Self::spawn_as(
+            TestEnv::global().operator_kubeconfig_path(),
+            namespace,
+            namespace,
+            identity,
+            &[],
+        )
     }
 
     /// Starts the operator with `kubeconfig`'s identity, its key and Lease in `own_namespace`,
@@ -41,8 +47,19 @@ impl OperatorProcess {
         let log = env.dir().join(format!("operator-{watched}-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_bootstrap-token-operator"))
-            .args(["run", "--namespace", own_namespace, "--watch-namespaces", watched])
-            .args(["--identity", identity, "--admin-addr", &admin_addr.to_string()])
+            .args([
+                "run",
+                "--namespace",
+                own_namespace,
+                "--watch-namespaces",
+                watched,
+            ])
+            .args([
+                "--identity",
+                identity,
+                "--admin-addr",
+                &admin_addr.to_string(),
+            ])
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
@@ -77,10 +94,22 @@ impl OperatorProcess {
             }
             if started.elapsed() > limit {
                 self.kill();
-                panic!("operator {} did not exit within {limit:?}; log:\n{}", self.identity, self.log_tail());
+                panic!(
+                    "operator {} did not exit within {limit:?}; log:\n{}",
+                    self.identity,
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the process is still running (it never exited, not even to be restarted).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("waiting for the operator")
+            .is_none()
     }
 
     pub fn log_tail(&self) -> String {
@@ -99,7 +128,9 @@ impl OperatorProcess {
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics").await?;
         let family = sample.strip_suffix("_total").unwrap_or(sample);
-        let declared = body.lines().any(|line| line.starts_with(&format!("# TYPE {family} ")));
+        let declared = body
+            .lines()
+            .any(|line| line.starts_with(&format!("# TYPE {family} ")));
         let values: Vec<f64> = body
             .lines()
             .filter(|line| line.starts_with(sample) && line[sample.len()..].starts_with([' ', '{']))
@@ -130,7 +161,10 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .ok()?
         .ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 

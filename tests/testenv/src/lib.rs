@@ -91,6 +91,8 @@ pub struct TestEnv {
     tempdir: Mutex<Option<TempDir>>,
     /// Set once a component failed: its logs are worth keeping.
     keep_dir: AtomicBool,
+    /// kube-apiserver's flags, to start it again after [`TestEnv::stop_apiserver`].
+    apiserver_args: Mutex<Vec<String>>,
 }
 
 impl TestEnv {
@@ -185,6 +187,7 @@ impl TestEnv {
             procs: Mutex::new(Vec::new()),
             tempdir: Mutex::new(Some(tempdir)),
             keep_dir: AtomicBool::new(false),
+            apiserver_args: Mutex::new(Vec::new()),
         };
         let path = |p: &Path| p.display().to_string();
 
@@ -206,27 +209,26 @@ impl TestEnv {
         env.wait_ready(ETCD, async || etcd_healthy(etcd_port).await)
             .await?;
 
-        env.launch(
-            APISERVER,
-            vec![
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--cert-dir={}", path(&dir.join("apiserver"))),
-                format!("--tls-cert-file={}", path(&cert_file)),
-                format!("--tls-private-key-file={}", path(&key_file)),
-                format!("--client-ca-file={}", path(&ca_file)),
-                "--authorization-mode=RBAC".into(),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", path(&sa_public)),
-                format!("--service-account-signing-key-file={}", path(&sa_private)),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                // No real network behind 127.0.0.1: don't maintain the `kubernetes` Endpoints.
-                "--endpoint-reconciler-type=none".into(),
-                "--profiling=false".into(),
-            ],
-        )?;
+        let apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", path(&dir.join("apiserver"))),
+            format!("--tls-cert-file={}", path(&cert_file)),
+            format!("--tls-private-key-file={}", path(&key_file)),
+            format!("--client-ca-file={}", path(&ca_file)),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", path(&sa_public)),
+            format!("--service-account-signing-key-file={}", path(&sa_private)),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            // No real network behind 127.0.0.1: don't maintain the `kubernetes` Endpoints.
+            "--endpoint-reconciler-type=none".into(),
+            "--profiling=false".into(),
+        ];
+        *lock(&env.apiserver_args) = apiserver_args.clone();
+        env.launch(APISERVER, apiserver_args)?;
         let admin = client_from(env.admin.clone()).await?;
         env.wait_ready(APISERVER, async || get(&admin, "/readyz").await)
             .await?;
@@ -380,6 +382,26 @@ impl TestEnv {
     }
 
     /// Panics with the component's log if one of them has exited.
+    /// Stops kube-apiserver and leaves etcd and its data alone: an API server outage, for fault
+    /// tests. Use it on a private [`TestEnv::start`], never on the shared global one.
+    pub fn stop_apiserver(&self) {
+        let mut procs = lock(&self.procs);
+        if let Some(i) = procs.iter().position(|p| p.name == APISERVER) {
+            procs.remove(i).stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts kube-apiserver again with the same flags, port and etcd, and waits until it is ready.
+    pub async fn start_apiserver(&self) {
+        let args = lock(&self.apiserver_args).clone();
+        self.launch(APISERVER, args)
+            .expect("relaunching kube-apiserver");
+        let admin = client_from(self.admin.clone()).await.expect("admin client");
+        self.wait_ready(APISERVER, async || get(&admin, "/readyz").await)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     fn check_alive(&self) {
         let dead = lock(&self.procs)
             .iter_mut()
