@@ -53,6 +53,13 @@ run: control-plane
 	  env -u KUBECONFIG target/debug/local-cluster -- bash tests/run-demo.sh; \
 	fi
 
+## bench: the operator against the local control plane, and the token endpoint under wrk;
+## every result is a ratio against a baseline measured in the same run (benches/RESULTS.md).
+bench: control-plane
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(CARGO) bench --bench endpoint
+	$(CARGO) bench --bench operator
+
 fmt:
 	$(CARGO) fmt --all
 

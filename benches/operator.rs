@@ -53,6 +53,8 @@ impl OperatorProcess {
                 "--admin-addr",
                 &admin_addr.to_string(),
             ])
+            // Tests and benchmarks run several operators at once: no fixed endpoint port.
+            .args(["--endpoint-addr", "127.0.0.1:0"])
             .env("KUBECONFIG", env.operator_kubeconfig_path())
             .env("RUST_LOG", "warn")
             .stdout(log.try_clone().unwrap())

@@ -26,7 +26,7 @@ use crate::resource::{
 };
 use crate::telemetry::{ControllerMetrics, ReasonLabels};
 use crate::token::store::{KeyProvider, StoreError};
-use crate::token::{Claims, KeySet, new_jti};
+use crate::token::{Claims, KeySet};
 
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "bootstraptoken";
@@ -139,19 +139,7 @@ struct Expected<'a> {
 
 impl Expected<'_> {
     fn claims(&self, now: i64) -> Claims {
-        Claims {
-            iss: self.config.issuer.clone(),
-            aud: self.config.audience.clone(),
-            exp: now + self.lifetime.as_secs() as i64,
-            jti: new_jti(),
-            iat: now,
-            nbf: now - crate::token::NOT_BEFORE_SKEW_SECS,
-            version_claim: self.config.version_claim,
-            version: crate::token::TOKEN_VERSION.into(),
-            client_id: self.config.bootstrap.client_id.clone(),
-            scope: self.config.bootstrap.scope.clone(),
-            sid: Some(self.sid.to_string()),
-        }
+        crate::token::bootstrap_claims(self.config, self.sid, self.lifetime, now)
     }
 
     /// The token in `secret` if it may be kept, else why not.

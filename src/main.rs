@@ -12,6 +12,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use bootstrap_token_operator::admin::{self, AdminState};
 use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::controller::{self, Context};
+use bootstrap_token_operator::endpoint::{self, EndpointMetrics};
 use bootstrap_token_operator::leader::{self, Shutdown};
 use bootstrap_token_operator::resource::{self, MANAGER};
 use bootstrap_token_operator::shim;
@@ -44,7 +45,11 @@ struct RunArgs {
     #[arg(long, env = "BTO_CONFIG")]
     config: Option<PathBuf>,
     /// Namespace the operator runs in: its signing key Secret and leader Lease live there.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "bootstrap-token-operator")]
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "bootstrap-token-operator"
+    )]
     namespace: String,
     /// Comma-separated namespaces to watch; all namespaces when empty.
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', num_args = 0..)]
@@ -52,6 +57,9 @@ struct RunArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     admin_addr: SocketAddr,
+    /// Address of the token endpoint; overrides the config file's `endpoint.address`/`port`.
+    #[arg(long, env = "ENDPOINT_ADDR")]
+    endpoint_addr: Option<SocketAddr>,
     /// Elect one leader among replicas through a Lease; only the leader reconciles.
     #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -100,7 +108,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .filter(|ns| !ns.is_empty())
         .collect();
     controller::ensure_crd_installed(&client, &watch_namespaces).await?;
-    let identity = args.identity.unwrap_or_else(|| format!("{MANAGER}-{}", &new_jti()[..8]));
+    let identity = args
+        .identity
+        .unwrap_or_else(|| format!("{MANAGER}-{}", &new_jti()[..8]));
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(ControllerMetrics::new(&mut registry));
@@ -118,11 +128,32 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context::new(
         client.clone(),
-        config,
+        config.clone(),
         keys.clone(),
         recorder,
         metrics.clone(),
     ));
+    let endpoint_metrics = EndpointMetrics::new(&mut registry);
+    let endpoint = if config.endpoint.enabled {
+        let state = endpoint::State::new(
+            config.clone(),
+            keys.clone(),
+            Some(client.clone()),
+            endpoint_metrics,
+        )
+        .await
+        .map_err(|e| format!("token endpoint: {e}"))?;
+        let addr = args.endpoint_addr.unwrap_or(SocketAddr::new(
+            config.endpoint.address,
+            config.endpoint.port,
+        ));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("binding the token endpoint {addr}: {e}"))?;
+        Some((Arc::new(state), listener))
+    } else {
+        None
+    };
     let admin_state = Arc::new(AdminState {
         registry,
         ready: Default::default(),
@@ -188,9 +219,23 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 _ = shutdown.clone() => {}
             }
         };
-        let (controllers, admin, ()) =
-            tokio::join!(controllers, admin_server.into_future(), readiness);
+        let token_endpoint = async {
+            match endpoint {
+                // Every replica serves the endpoint, leader or not.
+                Some((state, listener)) => endpoint::serve(state, listener, shutdown.clone())
+                    .await
+                    .map_err(|e| format!("token endpoint: {e}")),
+                None => Ok(()),
+            }
+        };
+        let (controllers, admin, token_endpoint, ()) = tokio::join!(
+            controllers,
+            admin_server.into_future(),
+            token_endpoint,
+            readiness
+        );
         admin.map_err(|e| format!("admin server: {e}"))?;
+        token_endpoint?;
         controllers
     };
     tokio::select! {

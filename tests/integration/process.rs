@@ -60,6 +60,8 @@ impl OperatorProcess {
                 "--admin-addr",
                 &admin_addr.to_string(),
             ])
+            // Tests and benchmarks run several operators at once: no fixed endpoint port.
+            .args(["--endpoint-addr", "127.0.0.1:0"])
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")

@@ -1,0 +1,257 @@
+//! Token endpoint throughput under wrk on loopback, against the raw RS256 signing rate of the
+//! same key on the same cores.
+//!
+//! Phases (each at most 8 s): raw signing on every core; uncached `client_credentials` (re-use
+//! off, so every request signs) — goal ≥ 0.9× raw signing; re-use on — goal ≥ 20× raw signing;
+//! uncached at half the measured peak — its p99 latency; and, for scale, a route with no work
+//! (GET of the cached JWKS). Needs `wrk` (Debian package `wrk`).
+//! Run with `cargo bench --bench endpoint`.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bootstrap_token_operator::config::Config;
+use bootstrap_token_operator::endpoint::{self, EndpointMetrics, State};
+use bootstrap_token_operator::token::store::KeyProvider;
+use bootstrap_token_operator::token::{KeySet, SigningKey, bootstrap_claims};
+
+const PHASE: Duration = Duration::from_secs(8);
+const CONNECTIONS: u32 = 16;
+const PACED_CONNECTIONS: u32 = 64;
+/// sha256 of "bench-secret": a cheap check, so signing is what is measured.
+const CONFIG: &str = r#"
+endpoint:
+  clients:
+    - clientId: bench
+      clientSecret: {hash: "sha256:0159438a9235d6abde38e49fb98944660d067d6b9b03d8a8f4ee4e522feb62cb"}
+      scopes: [bench.read, bench.write]
+"#;
+/// base64("bench:bench-secret")
+const AUTHORIZATION: &str = "Basic YmVuY2g6YmVuY2gtc2VjcmV0";
+
+struct Wrk {
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn main() {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("wrk is not installed: apt-get install -y wrk");
+        std::process::exit(1);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let keys = KeySet::new(
+        SigningKey::generate("100").expect("RSA key generation"),
+        vec![],
+    );
+    check_secret_hash();
+
+    let raw_before = raw_signing_rate(&keys, cores);
+
+    let uncached_server = start(
+        &format!("{CONFIG}  reuse: {{enabled: false}}\n"),
+        &keys,
+        cores,
+    );
+    let uncached = wrk(&uncached_server.0, true, None);
+    println!(
+        "uncached client_credentials: {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
+        uncached.requests_per_second, uncached.p50_ms, uncached.p99_ms
+    );
+
+    // Signing measured on both sides of the uncached phase: this machine's speed drifts.
+    let raw_after = raw_signing_rate(&keys, cores);
+    let raw = (raw_before + raw_after) / 2.0;
+    println!(
+        "raw RS256 signing, {cores} threads: {raw:.0} signatures/s (before {raw_before:.0}, after {raw_after:.0})"
+    );
+
+    let cached_server = start(CONFIG, &keys, cores);
+    let cached = wrk(&cached_server.0, true, None);
+    println!(
+        "re-use on: {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
+        cached.requests_per_second, cached.p50_ms, cached.p99_ms
+    );
+
+    // What HTTP alone costs here: a route with no work (the cached JWKS), same server and wrk.
+    let ceiling = wrk(
+        &cached_server.0.replace("/oauth2/token", "/oauth2/keys"),
+        false,
+        None,
+    );
+    println!(
+        "HTTP ceiling (GET /oauth2/keys): {:.0} req/s",
+        ceiling.requests_per_second
+    );
+
+    let half = uncached.requests_per_second / 2.0;
+    let paced = wrk(
+        &uncached_server.0,
+        true,
+        Some((half, cores as f64 * 1000.0 / raw)),
+    );
+    println!(
+        "uncached at half of peak (target {half:.0} req/s, achieved {:.0}): p50 {:.2} ms, p99 {:.2} ms",
+        paced.requests_per_second, paced.p50_ms, paced.p99_ms
+    );
+
+    let uncached_ratio = uncached.requests_per_second / raw;
+    let cached_ratio = cached.requests_per_second / raw;
+    println!();
+    println!(
+        "uncached / raw signing: {uncached_ratio:.2}x (goal >= 0.9x) {}",
+        verdict(uncached_ratio >= 0.9)
+    );
+    println!(
+        "re-use on / raw signing: {cached_ratio:.1}x (goal >= 20x) {}",
+        verdict(cached_ratio >= 20.0)
+    );
+    println!(
+        "re-use on / HTTP ceiling: {:.2}x (wrk shares the cores)",
+        cached.requests_per_second / ceiling.requests_per_second
+    );
+    println!("p99 at half of peak: {:.2} ms", paced.p99_ms);
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT MET" }
+}
+
+/// Guards the constant above against a typo that would turn every request into a 401.
+fn check_secret_hash() {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"bench-secret");
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(CONFIG.contains(&hex), "CONFIG must hold sha256:{hex}");
+}
+
+/// Signatures per second with one signing thread per core, the claims the endpoint signs.
+fn raw_signing_rate(keys: &KeySet, threads: usize) -> f64 {
+    let config = Config::default();
+    let claims = bootstrap_claims(&config, "bench", Duration::from_secs(600), 1_700_000_000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (stop, count, claims) = (stop.clone(), count.clone(), claims.clone());
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::black_box(keys.active().sign(&claims));
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+    });
+    count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The endpoint on 127.0.0.1 in a runtime with one worker per core; runs until the process ends.
+fn start(config: &str, keys: &KeySet, cores: usize) -> (String, std::thread::JoinHandle<()>) {
+    let config = Arc::new(Config::parse(config).expect("bench config"));
+    let keys = Arc::new(KeyProvider::from_keys(keys.clone()));
+    let (ready, address) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let metrics = EndpointMetrics::new(&mut Default::default());
+            let state = State::new(config, keys, None, metrics)
+                .await
+                .expect("state");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            ready
+                .send(listener.local_addr().expect("address"))
+                .expect("bench alive");
+            endpoint::serve(Arc::new(state), listener, std::future::pending())
+                .await
+                .expect("serve");
+        });
+    });
+    let address = address.recv().expect("server started");
+    (format!("http://{address}/oauth2/token"), thread)
+}
+
+/// Runs wrk for one phase: token requests or plain GETs; `pace` (requests/s, service time in
+/// ms) gives every connection a fixed delay between its requests, less the serving time.
+fn wrk(url: &str, token_request: bool, pace: Option<(f64, f64)>) -> Wrk {
+    let mut script = String::new();
+    if token_request {
+        script.push_str(&format!(
+            "wrk.method = \"POST\"\nwrk.body = \"grant_type=client_credentials\"\n\
+             wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
+             wrk.headers[\"Authorization\"] = \"{AUTHORIZATION}\"\n"
+        ));
+    }
+    let connections = if pace.is_some() {
+        PACED_CONNECTIONS
+    } else {
+        CONNECTIONS
+    };
+    if let Some((rate, service_ms)) = pace {
+        // wrk delays in whole milliseconds; many connections keep the rounding error small.
+        let delay_ms = (f64::from(connections) * 1000.0 / rate - service_ms)
+            .round()
+            .max(1.0);
+        script.push_str(&format!("function delay() return {delay_ms} end\n"));
+    }
+    let path = std::env::temp_dir().join(format!("bto-bench-{}.lua", std::process::id()));
+    std::fs::write(&path, script).expect("write wrk script");
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{}s", PHASE.as_secs()),
+            "--latency",
+            "-s",
+        ])
+        .arg(&path)
+        .arg(url)
+        .output()
+        .expect("wrk runs");
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!text.contains("Non-2xx"), "requests failed:\n{text}");
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(prefix))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {prefix:?} in wrk output:\n{text}"))
+            .to_string()
+    };
+    Wrk {
+        requests_per_second: field("Requests/sec:").parse().expect("a number"),
+        p50_ms: millis(&field("50%")),
+        p99_ms: millis(&field("99%")),
+    }
+}
+
+/// wrk prints latencies as `812.00us`, `1.23ms` or `1.01s`.
+fn millis(text: &str) -> f64 {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().expect("a latency");
+    match unit {
+        "us" => number / 1000.0,
+        "ms" => number,
+        "s" => number * 1000.0,
+        "m" => number * 60_000.0,
+        other => panic!("unknown latency unit {other:?}"),
+    }
+}

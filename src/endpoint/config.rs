@@ -1,0 +1,350 @@
+//! The `endpoint:` section of the configuration file.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::secret::SecretSource;
+use crate::duration;
+
+/// The grant types a client may be allowed.
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+pub const BOOTSTRAP_TOKEN: &str = "bootstrap_token";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Off: the operator runs the controller only.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    #[serde(default = "default_address")]
+    pub address: IpAddr,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Paths that answer like `/oauth2/token`, for clients written against other servers.
+    #[serde(default)]
+    pub extra_token_paths: Vec<String>,
+    /// Base URL clients reach the endpoint at, for the discovery document; default from the
+    /// request's `Host` header.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// `realm` of the `WWW-Authenticate` header on 401 answers.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Lifetime of client_credentials tokens unless a client sets its own; light-oauth2's 10 minutes.
+    #[serde(default = "default_access_lifetime", with = "duration::serde_go")]
+    pub access_token_lifetime: Duration,
+    #[serde(default)]
+    pub reuse: ReuseConfig,
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// How often the files are read again; a changed pair is served to new connections.
+    #[serde(default = "default_reload_interval", with = "duration::serde_go")]
+    pub reload_interval: Duration,
+}
+
+/// Serving a still-fresh token again instead of signing a new one (seed 003's behaviour).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReuseConfig {
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// A cached token is served only while at least this much of it remains; default half the
+    /// token's lifetime, so re-use happens whatever the lifetime is.
+    #[serde(default, deserialize_with = "duration::serde_go::option")]
+    pub min_remaining: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientConfig {
+    pub client_id: String,
+    pub client_secret: SecretSource,
+    /// `client_credentials` and/or `bootstrap_token` (the latter for `bootstrap.clientId` only).
+    #[serde(default = "default_grant_types")]
+    pub grant_types: Vec<String>,
+    /// Scopes a client_credentials token may carry; a request without `scope` gets all of them.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Audiences the client may ask for besides the configured `audience`.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default, deserialize_with = "duration::serde_go::option")]
+    pub token_lifetime: Option<Duration>,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+fn default_address() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}
+fn default_port() -> u16 {
+    6882
+}
+fn default_realm() -> String {
+    "bootstrap-token-operator".into()
+}
+fn default_access_lifetime() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_grant_types() -> Vec<String> {
+    vec![CLIENT_CREDENTIALS.into()]
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            enabled: true,
+            address: default_address(),
+            port: default_port(),
+            extra_token_paths: Vec::new(),
+            public_url: None,
+            realm: default_realm(),
+            tls: None,
+            access_token_lifetime: default_access_lifetime(),
+            reuse: ReuseConfig::default(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+impl Default for ReuseConfig {
+    fn default() -> Self {
+        ReuseConfig {
+            enabled: true,
+            min_remaining: None,
+        }
+    }
+}
+
+/// Paths the router serves itself; an extra token path must not shadow them.
+const RESERVED_PATHS: [&str; 5] = [
+    "/oauth2/token",
+    "/oauth2/keys",
+    "/oauth2/key",
+    "/.well-known/jwks.json",
+    "/.well-known/oauth-authorization-server",
+];
+
+fn is_scope_word(scope: &str) -> bool {
+    !scope.is_empty() && !scope.contains(char::is_whitespace)
+}
+
+impl EndpointConfig {
+    /// Checks what serde cannot; the message names the field below `endpoint.` and says why.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        for (i, path) in self.extra_token_paths.iter().enumerate() {
+            let plain = path.starts_with('/')
+                && path.len() > 1
+                && !path.contains(['{', '}', '*', '?', '#', ' '])
+                && !path.ends_with('/');
+            if !plain {
+                return Err(format!(
+                    "extraTokenPaths[{i}]: {path:?} must be an absolute path like /oauth/token, without a trailing slash, wildcards or query"
+                ));
+            }
+            if RESERVED_PATHS.contains(&path.as_str()) || path.starts_with("/oauth2/key/") {
+                return Err(format!("extraTokenPaths[{i}]: {path:?} is already served"));
+            }
+            if self.extra_token_paths[..i].contains(path) {
+                return Err(format!("extraTokenPaths[{i}]: {path:?} is listed twice"));
+            }
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(format!(
+                "publicUrl: {url:?} must start with https:// or http://"
+            ));
+        }
+        if self.realm.is_empty()
+            || self.realm.contains(['"', '\\'])
+            || self.realm.chars().any(char::is_control)
+        {
+            return Err(
+                "realm: must be non-empty, without quotes, backslashes or control characters"
+                    .into(),
+            );
+        }
+        if let Some(tls) = &self.tls
+            && tls.reload_interval < Duration::from_millis(100)
+        {
+            return Err("tls.reloadInterval: must be at least 100ms".into());
+        }
+        if self.access_token_lifetime < Duration::from_secs(1) {
+            return Err("accessTokenLifetime: must be at least 1s".into());
+        }
+        for (i, client) in self.clients.iter().enumerate() {
+            self.validate_client(client)
+                .map_err(|why| format!("clients[{i}].{why}"))?;
+            if self.clients[..i]
+                .iter()
+                .any(|c| c.client_id == client.client_id)
+            {
+                return Err(format!(
+                    "clients[{i}].clientId: {:?} is listed twice",
+                    client.client_id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_client(&self, client: &ClientConfig) -> Result<(), String> {
+        // A `:` could never come through a raw `id:secret` Basic header intact.
+        if client.client_id.is_empty()
+            || client.client_id.contains(':')
+            || client.client_id.chars().any(char::is_control)
+        {
+            return Err("clientId: must be non-empty, without ':' or control characters".into());
+        }
+        client
+            .client_secret
+            .validate()
+            .map_err(|why| format!("clientSecret.{why}"))?;
+        if client.grant_types.is_empty() {
+            return Err("grantTypes: must name at least one grant".into());
+        }
+        for (i, grant) in client.grant_types.iter().enumerate() {
+            if grant != CLIENT_CREDENTIALS && grant != BOOTSTRAP_TOKEN {
+                return Err(format!(
+                    "grantTypes[{i}]: {grant:?} is not one of {CLIENT_CREDENTIALS}, {BOOTSTRAP_TOKEN}"
+                ));
+            }
+        }
+        if let Some(i) = client.scopes.iter().position(|s| !is_scope_word(s)) {
+            return Err(format!(
+                "scopes[{i}]: a scope is one non-empty word without whitespace"
+            ));
+        }
+        if let Some(i) = client.audiences.iter().position(String::is_empty) {
+            return Err(format!("audiences[{i}]: must not be empty"));
+        }
+        let lifetime = self.lifetime_of(client);
+        if lifetime < Duration::from_secs(1) {
+            return Err("tokenLifetime: must be at least 1s".into());
+        }
+        if self.reuse.enabled
+            && let Some(min) = self.reuse.min_remaining
+            && min >= lifetime
+        {
+            // Otherwise no token of this client would ever be served twice.
+            return Err(format!(
+                "tokenLifetime: {} is not longer than reuse.minRemaining {}, so its tokens would never be re-used",
+                duration::format(lifetime),
+                duration::format(min)
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn lifetime_of(&self, client: &ClientConfig) -> Duration {
+        client.token_lifetime.unwrap_or(self.access_token_lifetime)
+    }
+
+    /// How much of a cached token must remain for it to be served again.
+    pub fn reuse_min_remaining(&self, lifetime: Duration) -> Duration {
+        self.reuse.min_remaining.unwrap_or(lifetime / 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn defaults() {
+        let config = Config::parse("").unwrap();
+        let endpoint = &config.endpoint;
+        assert!(endpoint.enabled);
+        assert_eq!(endpoint.port, 6882);
+        assert_eq!(endpoint.access_token_lifetime.as_secs(), 600);
+        assert!(endpoint.reuse.enabled);
+        assert_eq!(
+            endpoint
+                .reuse_min_remaining(endpoint.access_token_lifetime)
+                .as_secs(),
+            300
+        );
+        assert!(endpoint.clients.is_empty());
+    }
+
+    #[test]
+    fn reads_a_full_section() {
+        let config = Config::parse(
+            r#"
+endpoint:
+  address: 127.0.0.1
+  port: 8443
+  extraTokenPaths: [/oauth/token, /auth/token, /oauth]
+  publicUrl: https://tokens.example.com
+  tls: {certFile: /tls/tls.crt, keyFile: /tls/tls.key, reloadInterval: 1m}
+  accessTokenLifetime: 1h
+  reuse: {minRemaining: 10m}
+  clients:
+    - clientId: f7d42348-c647-4efb-a52d-4c5787421e72
+      clientSecret: {hash: "1000:74657374:000102030405060708090a0b0c0d0e0f"}
+      scopes: [petstore.r, petstore.w]
+      audiences: [https://api.example.com/]
+    - clientId: f7d42348-c647-4efb-a52d-4c5787421e00
+      clientSecret: {secretRef: {name: oauth-clients, key: bootstrap}}
+      grantTypes: [bootstrap_token]
+"#,
+        )
+        .unwrap();
+        let endpoint = &config.endpoint;
+        assert_eq!(endpoint.extra_token_paths.len(), 3);
+        assert_eq!(endpoint.tls.as_ref().unwrap().reload_interval.as_secs(), 60);
+        assert_eq!(
+            endpoint
+                .reuse_min_remaining(endpoint.access_token_lifetime)
+                .as_secs(),
+            600
+        );
+        assert_eq!(endpoint.clients[1].grant_types, ["bootstrap_token"]);
+    }
+
+    #[test]
+    fn bad_sections_name_the_field() {
+        let client = |extra: &str| {
+            format!(
+                "endpoint:\n  clients:\n    - clientId: a\n      clientSecret: {{hash: \"sha256:{}\"}}\n{extra}",
+                "0".repeat(64)
+            )
+        };
+        let cases = [
+            ("endpoint:\n  extraTokenPaths: [oauth]\n".to_string(), "endpoint.extraTokenPaths[0]"),
+            ("endpoint:\n  extraTokenPaths: [/oauth2/keys]\n".into(), "endpoint.extraTokenPaths[0]"),
+            ("endpoint:\n  extraTokenPaths: [/a, /a]\n".into(), "endpoint.extraTokenPaths[1]"),
+            ("endpoint:\n  publicUrl: example.com\n".into(), "endpoint.publicUrl"),
+            ("endpoint:\n  accessTokenLifetime: 0s\n".into(), "endpoint.accessTokenLifetime"),
+            ("endpoint:\n  prt: 1\n".into(), "prt"),
+            (client("      grantTypes: [password]\n"), "endpoint.clients[0].grantTypes[0]"),
+            (client("      scopes: [\"a b\"]\n"), "endpoint.clients[0].scopes[0]"),
+            (client("  reuse: {minRemaining: 10m}\n"), "endpoint.clients[0].tokenLifetime"),
+            ("endpoint:\n  clients:\n    - clientId: a\n      clientSecret: {hash: \"md5:00\"}\n".into(), "endpoint.clients[0].clientSecret.hash"),
+            ("endpoint:\n  clients:\n    - clientId: \"a:b\"\n      clientSecret: {hash: \"1000:00:00\"}\n".into(), "endpoint.clients[0].clientId"),
+        ];
+        for (text, field) in cases {
+            let err = Config::parse(&text).unwrap_err();
+            assert!(err.contains(field), "{text:?}: {err:?} should name {field}");
+        }
+    }
+}

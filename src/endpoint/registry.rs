@@ -1,0 +1,93 @@
+//! The clients the endpoint knows, with their secrets resolved to verifiers at start.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::auth::Credentials;
+use super::config::{BOOTSTRAP_TOKEN, CLIENT_CREDENTIALS};
+use super::error::{ErrorKind, OAuthError};
+use super::secret::Verifier;
+use crate::config::Config;
+
+#[derive(Debug)]
+pub struct Client {
+    pub id: String,
+    verifier: Verifier,
+    client_credentials: bool,
+    bootstrap_token: bool,
+    pub scopes: Vec<String>,
+    pub audiences: Vec<String>,
+    pub lifetime: Duration,
+}
+
+impl Client {
+    pub fn allows(&self, grant: &str) -> bool {
+        match grant {
+            CLIENT_CREDENTIALS => self.client_credentials,
+            BOOTSTRAP_TOKEN => self.bootstrap_token,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Clients {
+    by_id: HashMap<String, Client>,
+}
+
+impl Clients {
+    /// Resolves every secret (references through `client`); the first failure names its client.
+    pub async fn load(config: &Config, client: Option<&kube::Client>) -> Result<Clients, String> {
+        let endpoint = &config.endpoint;
+        let mut by_id = HashMap::new();
+        for (i, entry) in endpoint.clients.iter().enumerate() {
+            let grants = &entry.grant_types;
+            let bootstrap_token = grants.iter().any(|g| g == BOOTSTRAP_TOKEN);
+            if bootstrap_token && entry.client_id != config.bootstrap.client_id {
+                return Err(format!(
+                    "endpoint.clients[{i}].grantTypes: only the bootstrap client {:?} (bootstrap.clientId) may use {BOOTSTRAP_TOKEN}",
+                    config.bootstrap.client_id
+                ));
+            }
+            let verifier = entry
+                .client_secret
+                .resolve(client)
+                .await
+                .map_err(|why| format!("endpoint.clients[{i}].clientSecret: {why}"))?;
+            by_id.insert(
+                entry.client_id.clone(),
+                Client {
+                    id: entry.client_id.clone(),
+                    verifier,
+                    client_credentials: grants.iter().any(|g| g == CLIENT_CREDENTIALS),
+                    bootstrap_token,
+                    scopes: entry.scopes.clone(),
+                    audiences: entry.audiences.clone(),
+                    lifetime: endpoint.lifetime_of(entry),
+                },
+            );
+        }
+        Ok(Clients { by_id })
+    }
+
+    /// The client the credentials name, if one of the presented secret forms is its secret.
+    pub fn authenticate(&self, credentials: &Credentials) -> Result<&Client, OAuthError> {
+        let client = credentials
+            .ids
+            .iter()
+            .find_map(|id| self.by_id.get(id))
+            .ok_or_else(|| OAuthError::new(ErrorKind::ClientNotFound, "unknown client"))?;
+        // Every form is checked, so the time taken does not say which one came close.
+        let matched = credentials.secrets().fold(false, |matched, secret| {
+            client.verifier.matches(secret) | matched
+        });
+        if matched {
+            Ok(client)
+        } else {
+            Err(OAuthError::new(
+                ErrorKind::WrongSecret,
+                format!("wrong secret for client {}", client.id),
+            ))
+        }
+    }
+}
