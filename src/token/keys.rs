@@ -171,6 +171,23 @@ mod tests {
     }
 
     #[test]
+    fn reads_pkcs1_keys_as_openssl_writes_them() {
+        // A test-only key from `openssl genrsa -traditional 2048`.
+        let pem = include_str!("../../tests/fixtures/pkcs1-test-key.pem");
+        assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        let key = SigningKey::from_pem("100", pem.as_bytes()).unwrap();
+        let keys = KeySet::new(key, vec![]);
+        let token = keys.active().sign(&claims());
+        assert_eq!(keys.verify(&token).unwrap().kid, "100");
+        // Re-encoded as PKCS#8, it is the same key.
+        let pkcs8 = keys.active().to_pkcs8_pem().unwrap();
+        assert_eq!(
+            SigningKey::from_pem("100", pkcs8.as_bytes()).unwrap().jwk(),
+            keys.active().jwk()
+        );
+    }
+
+    #[test]
     fn jwks_lists_every_key() {
         let keys = KeySet::new(
             SigningKey::generate("100").unwrap(),

@@ -101,25 +101,7 @@ fn template_token_id(deployment: &Deployment) -> Option<String> {
 /// Events regarding the Deployment `name` (a child BootstrapToken has the same name), as
 /// (type, reason, note).
 async fn deployment_events(namespace: &str, name: &str) -> Vec<(String, String, String)> {
-    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin().await, namespace);
-    api.list(&Default::default())
-        .await
-        .expect("listing events")
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().is_some_and(|r| {
-                r.kind.as_deref() == Some("Deployment") && r.name.as_deref() == Some(name)
-            })
-        })
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default(),
-            )
-        })
-        .collect()
+    events_regarding(namespace, "Deployment", name).await
 }
 
 async fn wait_event(namespace: &str, name: &str, reason: &str) -> (String, String, String) {

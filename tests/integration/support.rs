@@ -211,15 +211,38 @@ pub fn payload(token: &str) -> serde_json::Map<String, Value> {
     serde_json::from_slice(&json).expect("payload is JSON")
 }
 
-/// Events recorded for an object, as (reason, note).
-pub async fn events_for(namespace: &str, name: &str) -> Vec<(String, String)> {
+/// Events regarding the object of `kind` and `name`, as (type, reason, note).
+pub async fn events_regarding(
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Vec<(String, String, String)> {
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin().await, namespace);
     api.list(&Default::default())
         .await
         .expect("listing events")
         .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Events recorded for the BootstrapToken `name`, as (reason, note).
+pub async fn events_for(namespace: &str, name: &str) -> Vec<(String, String)> {
+    events_regarding(namespace, "BootstrapToken", name)
+        .await
+        .into_iter()
+        .map(|(_, reason, note)| (reason, note))
         .collect()
 }
