@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
+
+use crate::events::EventPublisher;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -63,7 +65,7 @@ pub struct Context {
     pub client: Client,
     pub config: Arc<Config>,
     pub keys: Arc<KeyProvider>,
-    pub recorder: Recorder,
+    pub recorder: EventPublisher,
     pub metrics: Arc<ControllerMetrics>,
     /// Consecutive failures per object, for exponential back-off.
     failures: Mutex<HashMap<ObjectRef<BootstrapToken>, u32>>,
@@ -74,7 +76,7 @@ impl Context {
         client: Client,
         config: Arc<Config>,
         keys: Arc<KeyProvider>,
-        recorder: Recorder,
+        recorder: EventPublisher,
         metrics: Arc<ControllerMetrics>,
     ) -> Self {
         Context {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod duration;
 pub mod endpoint;
+pub mod events;
 pub mod leader;
 pub mod policy;
 pub mod resource;

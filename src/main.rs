@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use futures::FutureExt;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 
 use bootstrap_token_operator::admin::{self, AdminState};
 use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::controller::{self, Context};
 use bootstrap_token_operator::endpoint::{self, EndpointMetrics};
+use bootstrap_token_operator::events::EventPublisher;
 use bootstrap_token_operator::leader::{self, Shutdown};
 use bootstrap_token_operator::resource::{self, MANAGER};
 use bootstrap_token_operator::shim;
@@ -125,7 +126,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         controller: MANAGER.into(),
         instance: Some(identity.clone()),
     };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let recorder = EventPublisher::new(client.clone(), reporter);
     let ctx = Arc::new(Context::new(
         client.clone(),
         config.clone(),

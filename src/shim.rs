@@ -47,7 +47,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{self, Action, ReconcileReason, ReconcileRequest};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
+
+use crate::events::EventPublisher;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::utils::CancelableJoinHandle;
 use kube::runtime::{WatchStreamExt, applier, watcher};
@@ -81,7 +83,7 @@ pub enum Error {
 
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub recorder: EventPublisher,
     pub metrics: Arc<ControllerMetrics>,
     /// Child failures older than this were reported by an earlier instance.
     started: Timestamp,
@@ -100,7 +102,7 @@ struct Reported {
 }
 
 impl Context {
-    pub fn new(client: Client, recorder: Recorder, metrics: Arc<ControllerMetrics>) -> Self {
+    pub fn new(client: Client, recorder: EventPublisher, metrics: Arc<ControllerMetrics>) -> Self {
         Context {
             client,
             recorder,

@@ -8,13 +8,14 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::controller::{self, Context};
+use bootstrap_token_operator::events::EventPublisher;
 use bootstrap_token_operator::resource::{BootstrapToken, MANAGER, TOKEN_KEY};
 use bootstrap_token_operator::shim;
 use bootstrap_token_operator::telemetry::ControllerMetrics;
@@ -42,7 +43,7 @@ impl Operator {
             namespace,
             config.signing.clone(),
         ));
-        let recorder = Recorder::new(
+        let recorder = EventPublisher::new(
             client.clone(),
             Reporter {
                 controller: MANAGER.into(),
