@@ -364,8 +364,7 @@ async fn reconcile_inner(d: &DeploymentMeta, ctx: &Context) -> Result<Action, Er
                         }
                         Err(error) => return Err(error.into()),
                     };
-                    // Events of one reason within minutes are a series that keeps the first
-                    // note, so an update's note does not name the (changing) values.
+                    // The note does not repeat the values: the child and the annotations show them.
                     let (reason, note) = if existing.is_some() {
                         (
                             "UpdatedBootstrapToken",
@@ -559,10 +558,9 @@ async fn roll_pods(d: &DeploymentMeta, child: &BootstrapToken, ctx: &Context) ->
         )
         .await?;
     tracing::info!(token_id, "set the pod-template token id");
-    // No token id in the note: events of one reason are a series that keeps the first note.
     let note = format!(
-        "a new token was issued: set the pod-template annotation {} to its id, so the pods \
-         restart with it",
+        "a new token was issued: set the pod-template annotation {} to its id {token_id}, so \
+         the pods restart with it",
         annotations::TOKEN_ID
     );
     ctx.publish(

@@ -423,7 +423,7 @@ async fn restart_on_reissue_rolls_the_pods_exactly_when_the_token_changes() {
     let deployment = get_deployment(&ns, "rolling").await;
     assert_eq!(deployment.metadata.generation, Some(generation + 3));
     assert_eq!(template_token_id(&deployment), token_id().await);
-    // Three rollouts, each an occurrence of the same event (events.k8s.io series).
+    // Three rollouts, three events (a series, should events ever be merged, counts the same).
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin().await, &ns);
     let rollouts: i32 = api
         .list(&Default::default())
