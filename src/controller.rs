@@ -16,7 +16,7 @@ use kube::runtime::events::{Event, EventType};
 
 use crate::events::EventPublisher;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -635,7 +635,13 @@ pub async fn run(
                 bt.annotations_mut().remove(LAST_APPLIED);
             })
             .reflect(writer)
-            .applied_objects();
+            .applied_objects()
+            // Our own status writes change neither generation nor annotations: skip the
+            // reconcile each of them would trigger (the spec and the reissue annotation do).
+            .predicate_filter(
+                predicates::generation.combine(predicates::annotations),
+                Default::default(),
+            );
         Controller::for_stream(tokens, store)
             .owns(secrets, owned.clone())
             .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))

@@ -200,7 +200,7 @@ async fn reconciling_an_unchanged_object_writes_nothing() {
     let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
     for i in 0..5 {
         let start = operator.reconciles();
-        let patch = json!({"metadata": {"labels": {"poke": i.to_string()}}});
+        let patch = json!({"metadata": {"annotations": {"poke": i.to_string()}}});
         api.patch("idle", &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .unwrap();
@@ -485,7 +485,7 @@ async fn renews_before_expiry_and_on_request() {
     api.patch(
         "long",
         &PatchParams::default(),
-        &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"x": "y"}}})),
     )
     .await
     .unwrap();
