@@ -20,7 +20,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 use bootstrap_token_operator::resource::BootstrapToken;
-use testenv::TestEnv;
+use testenv::{TestEnv, free_loopback_addr, http_get, metric};
 
 const CONCURRENCY: usize = 32;
 
@@ -38,10 +38,7 @@ impl OperatorProcess {
     /// part of any measurement.
     async fn start(namespace: &str) -> OperatorProcess {
         let env = TestEnv::global();
-        let admin_addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let admin_addr = free_loopback_addr();
         let log = std::fs::File::create(env.dir().join(format!("bench-{namespace}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_bootstrap-token-operator"))
             .args([
@@ -77,8 +74,9 @@ impl OperatorProcess {
     /// Reconciles so far and their mean duration in milliseconds.
     async fn reconciles(&self) -> (f64, f64) {
         let text = metrics(self.1).await.unwrap_or_default();
-        let count = sample(&text, "bootstrap_token_reconcile_duration_seconds_count");
-        let sum = sample(&text, "bootstrap_token_reconcile_duration_seconds_sum");
+        let count =
+            metric(&text, "bootstrap_token_reconcile_duration_seconds_count").unwrap_or(0.0);
+        let sum = metric(&text, "bootstrap_token_reconcile_duration_seconds_sum").unwrap_or(0.0);
         (
             count,
             if count > 0.0 {
@@ -110,28 +108,14 @@ impl Drop for OperatorProcess {
 
 /// The operator's /metrics text, or None while it does not answer.
 async fn metrics(addr: std::net::SocketAddr) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    stream.write_all(request.as_bytes()).await.ok()?;
-    stream.read_to_string(&mut response).await.ok()?;
-    Some(response)
+    Some(http_get(addr, "/metrics").await?.1)
 }
 
 /// Whether the operator at `addr` holds the lease (and so reconciles).
 async fn leads(addr: std::net::SocketAddr) -> bool {
     metrics(addr)
         .await
-        .is_some_and(|text| text.lines().any(|line| line == "bootstrap_token_leader 1"))
-}
-
-/// The sum of a sample over its label sets.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .is_some_and(|text| metric(&text, "bootstrap_token_leader") == Some(1.0))
 }
 
 async fn create_secrets(client: kube::Client, namespace: &str, count: usize) -> Duration {

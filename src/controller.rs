@@ -1,8 +1,8 @@
 //! The BootstrapToken controller: policy check → sign (or re-use) → Secret by server-side apply →
 //! status. Every token in the cluster is issued by this one reconcile path.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,6 +14,7 @@ use kube::api::{Api, DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchPa
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 
+use crate::backoff::Backoff;
 use crate::events::EventPublisher;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
@@ -67,8 +68,7 @@ pub struct Context {
     pub keys: Arc<KeyProvider>,
     pub recorder: EventPublisher,
     pub metrics: Arc<ControllerMetrics>,
-    /// Consecutive failures per object, for exponential back-off.
-    failures: Mutex<HashMap<ObjectRef<BootstrapToken>, u32>>,
+    failures: Backoff<ObjectRef<BootstrapToken>>,
 }
 
 impl Context {
@@ -85,7 +85,7 @@ impl Context {
             keys,
             recorder,
             metrics,
-            failures: Mutex::default(),
+            failures: Backoff::default(),
         }
     }
 }
@@ -224,10 +224,7 @@ async fn reconcile_inner(bt: &Arc<BootstrapToken>, ctx: &Context) -> Result<Acti
     match issue(bt, ctx).await {
         Ok((outcome, action)) => {
             write_status(bt, ctx, &outcome).await?;
-            ctx.failures
-                .lock()
-                .expect("not poisoned")
-                .remove(&ObjectRef::from(&**bt));
+            ctx.failures.reset(&ObjectRef::from(&**bt));
             Ok(action)
         }
         Err(error) => {
@@ -246,11 +243,7 @@ async fn reconcile_inner(bt: &Arc<BootstrapToken>, ctx: &Context) -> Result<Acti
 
 /// Exponential back-off per object: 5 s, 10 s, … capped at 5 minutes.
 pub fn error_policy(bt: Arc<BootstrapToken>, error: &Error, ctx: Arc<Context>) -> Action {
-    let mut failures = ctx.failures.lock().expect("not poisoned");
-    let count = failures.entry(ObjectRef::from(&*bt)).or_insert(0);
-    *count = count.saturating_add(1);
-    let delay = Duration::from_secs(5u64.saturating_mul(1 << (*count - 1).min(6)))
-        .min(Duration::from_secs(300));
+    let delay = ctx.failures.failed(ObjectRef::from(&*bt));
     tracing::warn!(%error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

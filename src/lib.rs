@@ -2,6 +2,7 @@
 //! serves an OAuth 2.0 token endpoint.
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod controller;
 pub mod duration;

@@ -49,6 +49,7 @@ use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, Precon
 use kube::runtime::controller::{self, Action, ReconcileReason, ReconcileRequest};
 use kube::runtime::events::{Event, EventType};
 
+use crate::backoff::Backoff;
 use crate::events::EventPublisher;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::utils::CancelableJoinHandle;
@@ -87,8 +88,7 @@ pub struct Context {
     pub metrics: Arc<ControllerMetrics>,
     /// Child failures older than this were reported by an earlier instance.
     started: Timestamp,
-    /// Consecutive failures per Deployment, for exponential back-off.
-    failures: Mutex<HashMap<ObjectRef<DeploymentMeta>, u32>>,
+    failures: Backoff<ObjectRef<DeploymentMeta>>,
     /// What has been published per Deployment (by uid), so each problem is reported once.
     reported: Mutex<HashMap<String, Reported>>,
 }
@@ -108,7 +108,7 @@ impl Context {
             recorder,
             metrics,
             started: Timestamp::now(),
-            failures: Mutex::default(),
+            failures: Backoff::default(),
             reported: Mutex::default(),
         }
     }
@@ -151,10 +151,7 @@ impl Context {
 
     fn forget(&self, d: &DeploymentMeta) {
         self.reported().remove(&uid_of(d));
-        self.failures
-            .lock()
-            .expect("not poisoned")
-            .remove(&ObjectRef::from_obj(d));
+        self.failures.reset(&ObjectRef::from_obj(d));
     }
 
     /// Events are best effort: failing to record one must not fail the reconcile.
@@ -283,21 +280,14 @@ pub async fn reconcile(d: Arc<DeploymentMeta>, ctx: Arc<Context>) -> Result<Acti
     let result = reconcile_inner(&d, &ctx).await;
     ctx.metrics.reconciled(CONTROLLER, result.is_ok());
     if result.is_ok() {
-        ctx.failures
-            .lock()
-            .expect("not poisoned")
-            .remove(&ObjectRef::from_obj(&*d));
+        ctx.failures.reset(&ObjectRef::from_obj(&*d));
     }
     result
 }
 
 /// Exponential back-off per Deployment: 5 s, 10 s, … capped at 5 minutes.
 pub fn error_policy(d: Arc<DeploymentMeta>, error: &Error, ctx: Arc<Context>) -> Action {
-    let mut failures = ctx.failures.lock().expect("not poisoned");
-    let count = failures.entry(ObjectRef::from_obj(&*d)).or_insert(0);
-    *count = count.saturating_add(1);
-    let delay = Duration::from_secs(5u64.saturating_mul(1 << (*count - 1).min(6)))
-        .min(Duration::from_secs(300));
+    let delay = ctx.failures.failed(ObjectRef::from_obj(&*d));
     tracing::warn!(%error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

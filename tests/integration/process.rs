@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use testenv::TestEnv;
+use testenv::{TestEnv, free_loopback_addr, http_get};
 
 use crate::support::admin;
 
@@ -43,7 +42,7 @@ impl OperatorProcess {
         extra_args: &[&str],
     ) -> OperatorProcess {
         let env = TestEnv::global();
-        let admin_addr = free_addr();
+        let admin_addr = free_loopback_addr();
         let log = env.dir().join(format!("operator-{watched}-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_bootstrap-token-operator"))
@@ -125,20 +124,9 @@ impl OperatorProcess {
         http_get(self.admin_addr, path).await
     }
 
-    /// A sample's value, summed over its label sets; 0 for a declared family without samples yet
-    /// (a counter nobody incremented), None when the family is not exposed at all.
+    /// A sample from the operator's `/metrics` (see [`testenv::metric`]).
     pub async fn metric(&self, sample: &str) -> Option<f64> {
-        let (_, body) = self.get("/metrics").await?;
-        let family = sample.strip_suffix("_total").unwrap_or(sample);
-        let declared = body
-            .lines()
-            .any(|line| line.starts_with(&format!("# TYPE {family} ")));
-        let values: Vec<f64> = body
-            .lines()
-            .filter(|line| line.starts_with(sample) && line[sample.len()..].starts_with([' ', '{']))
-            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (declared || !values.is_empty()).then(|| values.iter().sum())
+        testenv::metric(&self.get("/metrics").await?.1, sample)
     }
 }
 
@@ -146,28 +134,6 @@ impl Drop for OperatorProcess {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().unwrap()
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
 }
 
 /// The identity holding the operator's Lease in `namespace`, if any.

@@ -21,6 +21,7 @@
 
 mod apply;
 mod pki;
+mod probe;
 mod process;
 
 use std::net::TcpListener;
@@ -36,6 +37,7 @@ use kube::{Client, Config};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use probe::{free_loopback_addr, http_get, metric};
 use process::Proc;
 
 /// Requests other than GET sent through a client from [`TestEnv::operator_client_counting_writes`].
