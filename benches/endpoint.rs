@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bootstrap_token_operator::app;
 use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::endpoint::{self, EndpointMetrics, State};
 use bootstrap_token_operator::token::store::KeyProvider;
-use bootstrap_token_operator::token::{KeySet, SigningKey, bootstrap_claims};
+use bootstrap_token_operator::token::{KeySet, LocalKey};
 
 const PHASE: Duration = Duration::from_secs(8);
 const CONNECTIONS: u32 = 16;
@@ -44,7 +45,7 @@ fn main() {
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let keys = KeySet::new(
-        SigningKey::generate("100").expect("RSA key generation"),
+        LocalKey::generate("100").expect("RSA key generation"),
         vec![],
     );
     check_secret_hash();
@@ -129,8 +130,12 @@ fn check_secret_hash() {
 
 /// Signatures per second with one signing thread per core, the claims the endpoint signs.
 fn raw_signing_rate(keys: &KeySet, threads: usize) -> f64 {
-    let config = Config::default();
-    let claims = bootstrap_claims(&config, "bench", Duration::from_secs(600), 1_700_000_000);
+    let issuer = app::issuer(
+        &Config::default(),
+        Arc::new(KeyProvider::from_keys(keys.clone())),
+        &mut Default::default(),
+    );
+    let claims = issuer.bootstrap_claims("bench", Duration::from_secs(600), 1_700_000_000);
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -139,7 +144,9 @@ fn raw_signing_rate(keys: &KeySet, threads: usize) -> f64 {
             let (stop, count, claims) = (stop.clone(), count.clone(), claims.clone());
             scope.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    std::hint::black_box(keys.active().sign(&claims));
+                    // The same JWS assembly and signer the endpoint uses.
+                    std::hint::black_box(futures::executor::block_on(keys.active().sign(&claims)))
+                        .expect("signing");
                     count.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -152,7 +159,7 @@ fn raw_signing_rate(keys: &KeySet, threads: usize) -> f64 {
 
 /// The endpoint on 127.0.0.1 in a runtime with one worker per core; runs until the process ends.
 fn start(config: &str, keys: &KeySet, cores: usize) -> (String, std::thread::JoinHandle<()>) {
-    let config = Arc::new(Config::parse(config).expect("bench config"));
+    let config = Config::parse(config).expect("bench config");
     let keys = Arc::new(KeyProvider::from_keys(keys.clone()));
     let (ready, address) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
@@ -162,8 +169,10 @@ fn start(config: &str, keys: &KeySet, cores: usize) -> (String, std::thread::Joi
             .build()
             .expect("runtime");
         runtime.block_on(async move {
-            let metrics = EndpointMetrics::new(&mut Default::default());
-            let state = State::new(config, keys, None, metrics)
+            let mut registry = Default::default();
+            let metrics = EndpointMetrics::new(&mut registry);
+            let issuer = Arc::new(app::issuer(&config, keys, &mut registry));
+            let state = State::new(issuer, config.endpoint, None, metrics)
                 .await
                 .expect("state");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

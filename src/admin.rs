@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 pub struct AdminState {
     pub registry: Registry,
-    /// Set once the keys are loaded and the watches started.
+    /// Set once the signing keys are loaded.
     pub ready: AtomicBool,
 }
 

@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::duration;
 use crate::policy::PolicyRule;
-use crate::token::VersionClaim;
+use crate::token::{TokenProfile, VersionClaim};
+pub use crate::token::BootstrapConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -29,22 +30,6 @@ pub struct Config {
     pub policy: Vec<PolicyRule>,
     #[serde(default)]
     pub endpoint: crate::endpoint::EndpointConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BootstrapConfig {
-    /// `client_id` of every bootstrap token: always the operator's, never the requester's.
-    #[serde(default = "default_bootstrap_client_id")]
-    pub client_id: String,
-    /// `scope` of every bootstrap token.
-    #[serde(default)]
-    pub scope: Vec<String>,
-    #[serde(default = "default_lifetime", with = "duration::serde_go")]
-    pub lifetime: Duration,
-    /// Re-issue when less than this remains; default a third of the lifetime, as cert-manager.
-    #[serde(default, deserialize_with = "duration::serde_go::option")]
-    pub renew_before: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,28 +59,11 @@ fn default_issuer() -> String {
 fn default_audience() -> String {
     "urn:com.networknt".into()
 }
-fn default_bootstrap_client_id() -> String {
-    "f7d42348-c647-4efb-a52d-4c5787421e00".into()
-}
-fn default_lifetime() -> Duration {
-    Duration::from_secs(315_360_000)
-}
 fn default_kid() -> String {
     "100".into()
 }
 fn default_key_secret() -> String {
     "bootstrap-token-signing-key".into()
-}
-
-impl Default for BootstrapConfig {
-    fn default() -> Self {
-        BootstrapConfig {
-            client_id: default_bootstrap_client_id(),
-            scope: Vec::new(),
-            lifetime: default_lifetime(),
-            renew_before: None,
-        }
-    }
 }
 
 impl Default for SigningConfig {
@@ -217,11 +185,12 @@ impl Config {
         Ok(())
     }
 
-    /// How long before expiry a token is re-issued, given its lifetime.
-    pub fn renew_before(&self, lifetime: Duration) -> Duration {
-        match self.bootstrap.renew_before {
-            Some(renew) if renew < lifetime => renew,
-            _ => lifetime / 3,
+    /// What every token carries: `iss`, default `aud`, the version claim.
+    pub fn token_profile(&self) -> TokenProfile {
+        TokenProfile {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            version_claim: self.version_claim,
         }
     }
 }
@@ -243,7 +212,7 @@ mod tests {
         assert_eq!(config.bootstrap.lifetime, Duration::from_secs(315_360_000));
         assert_eq!(config.signing.kid, "100");
         assert_eq!(
-            config.renew_before(config.bootstrap.lifetime),
+            config.bootstrap.renew_before_for(config.bootstrap.lifetime),
             Duration::from_secs(105_120_000)
         );
     }
@@ -273,7 +242,7 @@ policy:
         assert_eq!(config.version_claim, VersionClaim::Ver);
         assert_eq!(config.bootstrap.scope, ["one", "two"]);
         assert_eq!(
-            config.renew_before(config.bootstrap.lifetime),
+            config.bootstrap.renew_before_for(config.bootstrap.lifetime),
             Duration::from_secs(3600)
         );
         assert_eq!(config.signing.previous_keys[0].key_secret, "old-key");

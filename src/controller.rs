@@ -14,22 +14,20 @@ use kube::api::{Api, DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchPa
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 
-use crate::backoff::Backoff;
-use crate::events::EventPublisher;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::config::Config;
+use crate::backoff::Backoff;
 use crate::duration;
-use crate::policy;
+use crate::events::EventPublisher;
 use crate::resource::{
     BootstrapToken, BootstrapTokenStatus, MANAGED_BY_LABEL, MANAGER, TOKEN_KEY, annotations,
 };
 use crate::telemetry::{ControllerMetrics, ReasonLabels};
-use crate::token::store::{KeyProvider, StoreError};
-use crate::token::{Claims, KeySet};
+use crate::token::store::StoreError;
+use crate::token::{BootstrapRequest, Claims, IssueError, Issuer, KeySet, TOKEN_VERSION};
 
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "bootstraptoken";
@@ -48,24 +46,57 @@ const CONFLICT_REQUEUE: Duration = Duration::from_secs(60);
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("signing keys unavailable: {0}")]
-    KeyUnavailable(#[from] StoreError),
+    #[error(transparent)]
+    Issue(#[from] IssueError),
 }
 
 impl Error {
     /// The `Ready=False` reason a failure shows on the object.
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> Reason {
         match self {
-            Error::Kube(_) => "ApiError",
-            Error::KeyUnavailable(_) => "KeyUnavailable",
+            Error::Kube(_) => Reason::ApiError,
+            Error::Issue(IssueError::KeyUnavailable(_)) => Reason::KeyUnavailable,
+            Error::Issue(IssueError::Signing(_)) => Reason::SigningUnavailable,
+            Error::Issue(IssueError::Forbidden { .. }) => Reason::Forbidden,
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Self {
+        Error::Issue(IssueError::KeyUnavailable(error))
+    }
+}
+
+/// The `reason` of the Ready condition (and of the Warning event when it turns false).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Issued,
+    InvalidSpec,
+    SecretConflict,
+    Forbidden,
+    KeyUnavailable,
+    SigningUnavailable,
+    ApiError,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Issued => "Issued",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::SecretConflict => "SecretConflict",
+            Reason::Forbidden => "Forbidden",
+            Reason::KeyUnavailable => "KeyUnavailable",
+            Reason::SigningUnavailable => "SigningUnavailable",
+            Reason::ApiError => "ApiError",
         }
     }
 }
 
 pub struct Context {
     pub client: Client,
-    pub config: Arc<Config>,
-    pub keys: Arc<KeyProvider>,
+    pub issuer: Arc<Issuer>,
     pub recorder: EventPublisher,
     pub metrics: Arc<ControllerMetrics>,
     failures: Backoff<ObjectRef<BootstrapToken>>,
@@ -74,15 +105,13 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        config: Arc<Config>,
-        keys: Arc<KeyProvider>,
+        issuer: Arc<Issuer>,
         recorder: EventPublisher,
         metrics: Arc<ControllerMetrics>,
     ) -> Self {
         Context {
             client,
-            config,
-            keys,
+            issuer,
             recorder,
             metrics,
             failures: Backoff::default(),
@@ -90,12 +119,38 @@ impl Context {
     }
 }
 
-/// Why a new token was signed instead of re-using the one in the Secret.
+/// An input of the token that, when it no longer matches the token in the Secret, forces a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    ServiceId,
+    Lifetime,
+    Issuer,
+    Audience,
+    ClientId,
+    Scope,
+    VersionClaim,
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Input::ServiceId => "serviceId",
+            Input::Lifetime => "lifetime",
+            Input::Issuer => "issuer",
+            Input::Audience => "audience",
+            Input::ClientId => "bootstrap client id",
+            Input::Scope => "bootstrap scope",
+            Input::VersionClaim => "version claim",
+        })
+    }
+}
+
+/// Why a new token is signed instead of keeping the one in the Secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum IssueReason {
+pub enum IssueReason {
     SecretMissing,
     TokenInvalid(String),
-    Changed(&'static str),
+    Changed(Input),
     RenewalDue,
     Requested,
 }
@@ -130,70 +185,179 @@ impl std::fmt::Display for IssueReason {
     }
 }
 
-/// What the token for this object must look like; anything else in the Secret is replaced.
-struct Expected<'a> {
-    config: &'a Config,
-    sid: &'a str,
-    lifetime: Duration,
-    renew_before: Duration,
-    reissue: Option<&'a str>,
+/// Why the object cannot have a token now; nothing is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    InvalidSpec(String),
+    /// The Secret of that name exists and belongs to someone else: it is left untouched.
+    SecretConflict(String),
+    Forbidden { namespace: String, sid: String },
 }
 
-impl Expected<'_> {
-    fn claims(&self, now: i64) -> Claims {
-        crate::token::bootstrap_claims(self.config, self.sid, self.lifetime, now)
+impl NotReady {
+    fn reason(&self) -> Reason {
+        match self {
+            NotReady::InvalidSpec(_) => Reason::InvalidSpec,
+            NotReady::SecretConflict(_) => Reason::SecretConflict,
+            NotReady::Forbidden { .. } => Reason::Forbidden,
+        }
     }
 
-    /// The token in `secret` if it may be kept, else why not.
-    fn reusable(
-        &self,
-        keys: &KeySet,
-        secret: Option<&Secret>,
-        now: i64,
-    ) -> Result<(String, Claims, String), IssueReason> {
-        let token = secret
-            .and_then(|s| s.data.as_ref()?.get(TOKEN_KEY))
-            .ok_or(IssueReason::SecretMissing)?;
-        let token = std::str::from_utf8(&token.0)
-            .map_err(|_| IssueReason::TokenInvalid("not UTF-8".into()))?;
-        let verified = keys
-            .verify(token)
-            .map_err(|e| IssueReason::TokenInvalid(e.to_string()))?;
-        let claims = verified.claims;
-        let recorded_reissue = secret
-            .and_then(|s| s.annotations().get(annotations::REISSUE))
-            .map(String::as_str);
-        let template = self.claims(now);
-        let changed = if claims.sid != template.sid {
-            Some("serviceId")
-        } else if claims.exp - claims.iat != self.lifetime.as_secs() as i64 {
-            Some("lifetime")
-        } else if claims.iss != template.iss {
-            Some("issuer")
-        } else if claims.aud != template.aud {
-            Some("audience")
-        } else if claims.client_id != template.client_id {
-            Some("bootstrap client id")
-        } else if claims.scope != template.scope {
-            Some("bootstrap scope")
-        } else if claims.version_claim != template.version_claim
-            || claims.version != template.version
-        {
-            Some("version claim")
-        } else {
-            None
-        };
-        if let Some(what) = changed {
-            return Err(IssueReason::Changed(what));
+    fn message(&self) -> String {
+        match self {
+            NotReady::InvalidSpec(why) => why.clone(),
+            NotReady::SecretConflict(secret) => format!(
+                "Secret {secret} exists and is not owned by this BootstrapToken; it is left untouched"
+            ),
+            NotReady::Forbidden { namespace, sid } => format!(
+                "the operator's policy does not allow service id {sid:?} in namespace {namespace}"
+            ),
         }
-        if recorded_reissue != self.reissue {
-            return Err(IssueReason::Requested);
-        }
-        if now >= claims.exp - self.renew_before.as_secs() as i64 {
-            return Err(IssueReason::RenewalDue);
-        }
-        Ok((token.to_string(), claims, verified.kid))
     }
+}
+
+/// Lifetime and renewal margin of this object's token: its spec, else the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    pub lifetime: Duration,
+    pub renew_before: Duration,
+}
+
+/// The token in the Secret, verified and still right for the object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kept {
+    pub token: String,
+    pub claims: Claims,
+    pub kid: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    NotReady(NotReady),
+    Keep(Terms, Kept),
+    Issue(Terms, IssueReason),
+}
+
+/// What to do for `bt`, given the Secret it names (if any), our keys and the time. Pure: every
+/// input is passed in, so it is tested as a table; [`reconcile`] carries the decision out.
+pub fn decide(
+    bt: &BootstrapToken,
+    issuer: &Issuer,
+    existing: Option<&Secret>,
+    keys: &KeySet,
+    now: i64,
+) -> Decision {
+    let terms = match terms(bt, issuer) {
+        Ok(terms) => terms,
+        Err(why) => return Decision::NotReady(NotReady::InvalidSpec(why)),
+    };
+    if let Some(secret) = existing
+        && !controlled_by(secret, bt)
+    {
+        return Decision::NotReady(NotReady::SecretConflict(bt.secret_name()));
+    }
+    let namespace = bt.namespace().unwrap_or_default();
+    if !issuer.allows(&namespace, &bt.spec.service_id) {
+        return Decision::NotReady(NotReady::Forbidden {
+            namespace,
+            sid: bt.spec.service_id.clone(),
+        });
+    }
+    match reusable(bt, issuer, terms, existing, keys, now) {
+        Ok(kept) => Decision::Keep(terms, kept),
+        Err(reason) => Decision::Issue(terms, reason),
+    }
+}
+
+fn terms(bt: &BootstrapToken, issuer: &Issuer) -> Result<Terms, String> {
+    let lifetime = match bt.spec.lifetime.as_deref().map(duration::parse).transpose() {
+        Ok(lifetime) => lifetime.unwrap_or(issuer.bootstrap().lifetime),
+        Err(e) => return Err(format!("spec.lifetime: {e}")),
+    };
+    let renew_before = match bt
+        .spec
+        .renew_before
+        .as_deref()
+        .map(duration::parse)
+        .transpose()
+    {
+        Ok(Some(renew)) if renew >= lifetime => {
+            return Err("spec.renewBefore must be shorter than the lifetime".into());
+        }
+        Ok(renew) => renew.unwrap_or_else(|| issuer.bootstrap().renew_before_for(lifetime)),
+        Err(e) => return Err(format!("spec.renewBefore: {e}")),
+    };
+    Ok(Terms {
+        lifetime,
+        renew_before,
+    })
+}
+
+fn reissue_value(bt: &BootstrapToken) -> Option<&str> {
+    bt.annotations()
+        .get(annotations::REISSUE)
+        .map(String::as_str)
+}
+
+/// The token in `secret` if it may be kept, else why not.
+fn reusable(
+    bt: &BootstrapToken,
+    issuer: &Issuer,
+    terms: Terms,
+    secret: Option<&Secret>,
+    keys: &KeySet,
+    now: i64,
+) -> Result<Kept, IssueReason> {
+    let token = secret
+        .and_then(|s| s.data.as_ref()?.get(TOKEN_KEY))
+        .ok_or(IssueReason::SecretMissing)?;
+    let token =
+        std::str::from_utf8(&token.0).map_err(|_| IssueReason::TokenInvalid("not UTF-8".into()))?;
+    let verified = keys
+        .verify(token)
+        .map_err(|e| IssueReason::TokenInvalid(e.to_string()))?;
+    let claims = verified.claims;
+    let profile = issuer.profile();
+    let bootstrap = issuer.bootstrap();
+    let lifetime = i64::try_from(terms.lifetime.as_secs()).unwrap_or(i64::MAX);
+    let changed = if claims.sid.as_deref() != Some(bt.spec.service_id.as_str()) {
+        Some(Input::ServiceId)
+    } else if claims.exp.checked_sub(claims.iat) != Some(lifetime) {
+        Some(Input::Lifetime)
+    } else if claims.iss != profile.issuer {
+        Some(Input::Issuer)
+    } else if claims.aud != profile.audience {
+        Some(Input::Audience)
+    } else if claims.client_id != bootstrap.client_id {
+        Some(Input::ClientId)
+    } else if claims.scope != bootstrap.scope {
+        Some(Input::Scope)
+    } else if claims.version_claim != profile.version_claim || claims.version != TOKEN_VERSION {
+        Some(Input::VersionClaim)
+    } else {
+        None
+    };
+    if let Some(input) = changed {
+        return Err(IssueReason::Changed(input));
+    }
+    let recorded_reissue = secret
+        .and_then(|s| s.annotations().get(annotations::REISSUE))
+        .map(String::as_str);
+    if recorded_reissue != reissue_value(bt) {
+        return Err(IssueReason::Requested);
+    }
+    if now >= renewal_time(claims.exp, terms.renew_before) {
+        return Err(IssueReason::RenewalDue);
+    }
+    Ok(Kept {
+        token: token.to_string(),
+        claims,
+        kid: verified.kid,
+    })
+}
+
+fn renewal_time(exp: i64, renew_before: Duration) -> i64 {
+    exp.saturating_sub(i64::try_from(renew_before.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The result of one reconcile, as the status shows it.
@@ -204,7 +368,7 @@ enum Outcome {
         renewal: i64,
     },
     NotReady {
-        reason: &'static str,
+        reason: Reason,
         message: String,
     },
 }
@@ -248,90 +412,61 @@ pub fn error_policy(bt: Arc<BootstrapToken>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
+/// Reads what [`decide`] needs, and carries its decision out.
 async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), Error> {
     let namespace = bt.namespace().unwrap_or_default();
     let secret_name = bt.secret_name();
-    let config = &*ctx.config;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-
-    let lifetime = match bt.spec.lifetime.as_deref().map(duration::parse).transpose() {
-        Ok(lifetime) => lifetime.unwrap_or(config.bootstrap.lifetime),
-        Err(e) => return Ok(not_ready("InvalidSpec", format!("spec.lifetime: {e}"))),
-    };
-    let renew_before = match bt
-        .spec
-        .renew_before
-        .as_deref()
-        .map(duration::parse)
-        .transpose()
-    {
-        Ok(Some(renew)) if renew >= lifetime => {
-            return Ok(not_ready(
-                "InvalidSpec",
-                "spec.renewBefore must be shorter than the lifetime".into(),
-            ));
-        }
-        Ok(renew) => renew.unwrap_or_else(|| config.renew_before(lifetime)),
-        Err(e) => return Ok(not_ready("InvalidSpec", format!("spec.renewBefore: {e}"))),
-    };
-
     let existing = secrets.get_opt(&secret_name).await?;
-    if let Some(secret) = &existing
-        && !controlled_by(secret, bt)
-    {
-        let message = format!(
-            "Secret {secret_name} exists and is not owned by this BootstrapToken; it is left untouched"
-        );
-        return Ok((
-            Outcome::NotReady {
-                reason: "SecretConflict",
-                message,
-            },
-            Action::requeue(CONFLICT_REQUEUE),
-        ));
-    }
-
-    if !policy::allows(&config.policy, &namespace, &bt.spec.service_id) {
-        // A token the policy no longer allows must not stay mounted.
-        if existing.is_some() {
-            secrets
-                .delete(&secret_name, &DeleteParams::default())
-                .await?;
-        }
-        let message = format!(
-            "the operator's policy does not allow service id {:?} in namespace {namespace}",
-            bt.spec.service_id
-        );
-        return Ok(not_ready("Forbidden", message));
-    }
-
-    let keys = ctx.keys.get().await?;
+    let keys = ctx.issuer.keys().await?;
     let now = Timestamp::now().as_second();
-    let expected = Expected {
-        config,
-        sid: &bt.spec.service_id,
-        lifetime,
-        renew_before,
-        reissue: bt
-            .annotations()
-            .get(annotations::REISSUE)
-            .map(String::as_str),
-    };
-    let (token, claims, kid, issued) = match expected.reusable(keys, existing.as_ref(), now) {
-        Ok((token, claims, kid)) => (token, claims, kid, None),
-        Err(reason) => {
-            let claims = expected.claims(now);
-            let signer = keys.active();
-            (
-                signer.sign(&claims),
-                claims,
-                signer.kid().to_string(),
-                Some(reason),
-            )
+    let (terms, kept, issued) = match decide(bt, &ctx.issuer, existing.as_ref(), keys, now) {
+        Decision::NotReady(not_ready) => {
+            if let NotReady::Forbidden { .. } = &not_ready
+                && existing.is_some()
+            {
+                // A token the policy no longer allows must not stay mounted.
+                secrets
+                    .delete(&secret_name, &DeleteParams::default())
+                    .await?;
+            }
+            let action = match not_ready {
+                // A foreign Secret is not watched: look again now and then.
+                NotReady::SecretConflict(_) => Action::requeue(CONFLICT_REQUEUE),
+                _ => Action::await_change(),
+            };
+            let outcome = Outcome::NotReady {
+                reason: not_ready.reason(),
+                message: not_ready.message(),
+            };
+            return Ok((outcome, action));
+        }
+        Decision::Keep(terms, kept) => (terms, kept, None),
+        Decision::Issue(terms, reason) => {
+            let issued = ctx
+                .issuer
+                .issue_bootstrap(
+                    BootstrapRequest {
+                        namespace: &namespace,
+                        sid: &bt.spec.service_id,
+                        lifetime: terms.lifetime,
+                        scope: None,
+                        reason: reason.label(),
+                    },
+                    now,
+                )
+                .await?;
+            let kept = Kept {
+                token: issued.token,
+                claims: issued.claims,
+                kid: issued.kid,
+            };
+            (terms, kept, Some(reason))
         }
     };
+    let Kept { token, claims, kid } = kept;
 
-    let desired = desired_secret(bt, &secret_name, &token, &claims, &kid, expected.reissue);
+    let desired = desired_secret(bt, &secret_name, &token, &claims, &kid);
     if issued.is_some()
         || existing
             .as_ref()
@@ -366,18 +501,12 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
             )
         };
         tracing::info!(jti = %claims.jti, %reason, "issued token");
-        ctx.metrics
-            .tokens_issued
-            .get_or_create(&ReasonLabels {
-                reason: reason.label(),
-            })
-            .inc();
         publish(ctx, bt, EventType::Normal, event_reason, note).await;
     }
 
-    let renewal = claims.exp - renew_before.as_secs() as i64;
-    let wait =
-        Duration::from_secs(u64::try_from(renewal - now).unwrap_or(0).max(1)).min(MAX_REQUEUE);
+    let renewal = renewal_time(claims.exp, terms.renew_before);
+    let wait = Duration::from_secs(u64::try_from(renewal.saturating_sub(now)).unwrap_or(0).max(1))
+        .min(MAX_REQUEUE);
     Ok((
         Outcome::Ready {
             claims,
@@ -386,13 +515,6 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
         },
         Action::requeue(wait),
     ))
-}
-
-fn not_ready(reason: &'static str, message: String) -> (Outcome, Action) {
-    (
-        Outcome::NotReady { reason, message },
-        Action::await_change(),
-    )
 }
 
 fn controlled_by(secret: &Secret, bt: &BootstrapToken) -> bool {
@@ -408,17 +530,21 @@ fn desired_secret(
     token: &str,
     claims: &Claims,
     kid: &str,
-    reissue: Option<&str>,
 ) -> Secret {
     let template = bt.spec.secret_template.clone().unwrap_or_default();
-    let mut labels = template.labels;
+    // Keys under the operator's prefix are the operator's alone: one copied from the template
+    // would read as a re-issue request on every reconcile (and the CRD refuses them already).
+    let not_ours = |(key, _): &(String, String)| !key.starts_with(annotations::PREFIX);
+    let mut labels: BTreeMap<String, String> =
+        template.labels.into_iter().filter(not_ours).collect();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGER.into());
-    let mut notes = template.annotations;
+    let mut notes: BTreeMap<String, String> =
+        template.annotations.into_iter().filter(not_ours).collect();
     notes.insert(annotations::SERVICE_ID.into(), bt.spec.service_id.clone());
     notes.insert(annotations::TOKEN_ID.into(), claims.jti.clone());
     notes.insert(annotations::KEY_ID.into(), kid.into());
     notes.insert(annotations::EXPIRES_AT.into(), rfc3339(claims.exp));
-    if let Some(reissue) = reissue {
+    if let Some(reissue) = reissue_value(bt) {
         notes.insert(annotations::REISSUE.into(), reissue.into());
     }
     Secret {
@@ -511,7 +637,7 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
     let (status, reason, message) = match outcome {
         Outcome::Ready { claims, .. } => (
             "True",
-            "Issued",
+            Reason::Issued.as_str(),
             format!(
                 "token {} for {} expires {}",
                 claims.jti,
@@ -522,9 +648,11 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
         Outcome::NotReady { reason, message } => {
             ctx.metrics
                 .failures
-                .get_or_create(&ReasonLabels { reason })
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
                 .inc();
-            ("False", *reason, message.clone())
+            ("False", reason.as_str(), message.clone())
         }
     };
     let mut next = match outcome {
@@ -647,24 +775,4 @@ pub async fn run(
             })
     });
     futures::future::join_all(controllers).await;
-}
-
-/// Fails with a how-to when the CRD is missing, instead of retrying watches forever.
-pub async fn ensure_crd_installed(client: &Client, namespaces: &[String]) -> Result<(), String> {
-    let api: Api<BootstrapToken> = match namespaces.first() {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    match api
-        .list_metadata(&kube::api::ListParams::default().limit(1))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Err(
-            "the BootstrapToken CRD (bootstraptokens.bootstraptoken.dev) is not installed: \
-             run `kubectl apply -f crds/` or `bootstrap-token-operator crd | kubectl apply -f -`"
-                .into(),
-        ),
-        Err(e) => Err(format!("listing BootstrapTokens: {e}")),
-    }
 }

@@ -1,7 +1,10 @@
 //! bootstrap-token-operator: issues long-lived bootstrap tokens (RS256 JWTs) into Secrets and
 //! serves an OAuth 2.0 token endpoint.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
+pub mod app;
 pub mod backoff;
 pub mod config;
 pub mod controller;

@@ -1,4 +1,4 @@
-//! Logging (and, later, metrics). Log lines never carry a token, a secret or key material.
+//! Logging and the controllers' metrics. Log lines never carry a token, a secret or key material.
 
 use std::io::IsTerminal;
 
@@ -48,7 +48,6 @@ pub struct ControllerMetrics {
     pub reconciles: Family<ResultLabels, Counter>,
     pub failures: Family<ReasonLabels, Counter>,
     pub reconcile_duration: Histogram,
-    pub tokens_issued: Family<ReasonLabels, Counter>,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
 }
@@ -59,7 +58,6 @@ impl ControllerMetrics {
             reconciles: Family::default(),
             failures: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            tokens_issued: Family::default(),
             leader: Gauge::default(),
         };
         registry.register(
@@ -76,11 +74,6 @@ impl ControllerMetrics {
             "bootstrap_token_reconcile_duration_seconds",
             "Time spent in one BootstrapToken reconcile",
             metrics.reconcile_duration.clone(),
-        );
-        registry.register(
-            "bootstrap_token_tokens_issued",
-            "Bootstrap tokens signed, by why a new one was needed",
-            metrics.tokens_issued.clone(),
         );
         registry.register(
             "bootstrap_token_leader",

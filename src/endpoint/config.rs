@@ -9,9 +9,30 @@ use serde::Deserialize;
 use super::secret::SecretSource;
 use crate::duration;
 
-/// The grant types a client may be allowed.
-pub const CLIENT_CREDENTIALS: &str = "client_credentials";
-pub const BOOTSTRAP_TOKEN: &str = "bootstrap_token";
+/// The grant types the endpoint serves; a new grant is one more variant, and the compiler
+/// points at every place that must handle it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    ClientCredentials,
+    BootstrapToken,
+}
+
+impl Grant {
+    pub const ALL: [Grant; 2] = [Grant::ClientCredentials, Grant::BootstrapToken];
+
+    /// The `grant_type` value (RFC 6749), also the metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Grant::ClientCredentials => "client_credentials",
+            Grant::BootstrapToken => "bootstrap_token",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Grant> {
+        Grant::ALL.into_iter().find(|grant| grant.name() == name)
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -75,7 +96,7 @@ pub struct ClientConfig {
     pub client_secret: SecretSource,
     /// `client_credentials` and/or `bootstrap_token` (the latter for `bootstrap.clientId` only).
     #[serde(default = "default_grant_types")]
-    pub grant_types: Vec<String>,
+    pub grant_types: Vec<Grant>,
     /// Scopes a client_credentials token may carry; a request without `scope` gets all of them.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -104,8 +125,8 @@ fn default_access_lifetime() -> Duration {
 fn default_reload_interval() -> Duration {
     Duration::from_secs(30)
 }
-fn default_grant_types() -> Vec<String> {
-    vec![CLIENT_CREDENTIALS.into()]
+fn default_grant_types() -> Vec<Grant> {
+    vec![Grant::ClientCredentials]
 }
 
 impl Default for EndpointConfig {
@@ -222,13 +243,6 @@ impl EndpointConfig {
         if client.grant_types.is_empty() {
             return Err("grantTypes: must name at least one grant".into());
         }
-        for (i, grant) in client.grant_types.iter().enumerate() {
-            if grant != CLIENT_CREDENTIALS && grant != BOOTSTRAP_TOKEN {
-                return Err(format!(
-                    "grantTypes[{i}]: {grant:?} is not one of {CLIENT_CREDENTIALS}, {BOOTSTRAP_TOKEN}"
-                ));
-            }
-        }
         if let Some(i) = client.scopes.iter().position(|s| !is_scope_word(s)) {
             return Err(format!(
                 "scopes[{i}]: a scope is one non-empty word without whitespace"
@@ -318,7 +332,10 @@ endpoint:
                 .as_secs(),
             600
         );
-        assert_eq!(endpoint.clients[1].grant_types, ["bootstrap_token"]);
+        assert_eq!(
+            endpoint.clients[1].grant_types,
+            [super::Grant::BootstrapToken]
+        );
     }
 
     #[test]

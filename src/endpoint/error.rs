@@ -29,6 +29,7 @@ pub enum ErrorKind {
     AudienceNotAllowed,
     ServiceIdNotAllowed,
     KeysUnavailable,
+    SigningUnavailable,
     MethodNotAllowed,
     UnsupportedMediaType,
     BodyTooLarge,
@@ -131,6 +132,12 @@ impl ErrorKind {
                 "temporarily_unavailable",
                 "ERR12904",
                 "SIGNING_KEY_UNAVAILABLE",
+            ),
+            SigningUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "ERR12920",
+                "SIGNING_UNAVAILABLE",
             ),
             MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

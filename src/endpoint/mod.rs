@@ -23,20 +23,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
 pub use config::{
-    BOOTSTRAP_TOKEN, CLIENT_CREDENTIALS, ClientConfig, EndpointConfig, ReuseConfig, TlsConfig,
+    ClientConfig, EndpointConfig, Grant, ReuseConfig, TlsConfig,
 };
 pub use metrics::{EndpointMetrics, RequestLabels};
 pub use secret::{SecretKeyRef, SecretSource};
 
-use crate::config::Config;
-use crate::token::store::KeyProvider;
+use crate::token::Issuer;
 use error::{ErrorKind, OAuthError};
 use publish::{Metadata, Published};
 
 /// Everything a request needs, built once at start.
 pub struct State {
-    config: Arc<Config>,
-    keys: Arc<KeyProvider>,
+    issuer: Arc<Issuer>,
+    config: EndpointConfig,
     metrics: EndpointMetrics,
     clients: registry::Clients,
     reuse: token::ReuseCache,
@@ -52,15 +51,16 @@ impl State {
     /// Resolves client secrets (Secret references through `client`, once) and loads the TLS
     /// certificate when one is configured. Keys may still be loading: requests then get 503.
     pub async fn new(
-        config: Arc<Config>,
-        keys: Arc<KeyProvider>,
+        issuer: Arc<Issuer>,
+        config: EndpointConfig,
         client: Option<kube::Client>,
         metrics: EndpointMetrics,
     ) -> Result<State, StateError> {
-        let clients = registry::Clients::load(&config, client.as_ref())
-            .await
-            .map_err(StateError)?;
-        let tls = match &config.endpoint.tls {
+        let clients =
+            registry::Clients::load(&config, &issuer.bootstrap().client_id, client.as_ref())
+                .await
+                .map_err(StateError)?;
+        let tls = match &config.tls {
             Some(files) => Some(Arc::new(
                 tls::CertReloader::new(files)
                     .map_err(|why| StateError(format!("endpoint.tls: {why}")))?,
@@ -68,8 +68,8 @@ impl State {
             None => None,
         };
         Ok(State {
+            issuer,
             config,
-            keys,
             metrics,
             clients,
             reuse: token::ReuseCache::default(),
@@ -79,14 +79,14 @@ impl State {
     }
 
     async fn published(&self) -> Result<&Published, OAuthError> {
-        let keys = self.keys.get().await.map_err(|error| {
+        let keys = self.issuer.keys().await.map_err(|error| {
             OAuthError::new(
                 ErrorKind::KeysUnavailable,
                 format!("the signing keys are not available yet: {error}"),
             )
         })?;
         self.published
-            .get_or_try_init(|| async { Published::new(keys) })
+            .get_or_try_init(|| Published::new(keys))
             .await
             .map_err(|why| {
                 OAuthError::new(
@@ -100,7 +100,7 @@ impl State {
 /// Every route of the endpoint.
 pub fn router(state: Arc<State>) -> Router {
     let mut router = Router::new().route("/oauth2/token", any(token_request));
-    for path in &state.config.endpoint.extra_token_paths {
+    for path in &state.config.extra_token_paths {
         router = router.route(path, any(token_request));
     }
     router
@@ -183,7 +183,7 @@ async fn metadata(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
     headers: HeaderMap,
 ) -> Response {
-    let endpoint = &state.config.endpoint;
+    let endpoint = &state.config;
     let base = match &endpoint.public_url {
         Some(url) => url.clone(),
         None => {
@@ -197,7 +197,7 @@ async fn metadata(
             format!("{scheme}://{host}")
         }
     };
-    let body = serde_json::to_vec(&Metadata::new(&state.config.issuer, &base)).unwrap_or_default();
+    let body = serde_json::to_vec(&Metadata::new(&state.issuer.profile().issuer, &base)).unwrap_or_default();
     ([JSON], body).into_response()
 }
 

@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_RSA_SHA256};
 use serde::Serialize;
 
-use super::config::{BOOTSTRAP_TOKEN, CLIENT_CREDENTIALS};
-use crate::token::KeySet;
+use super::config::Grant;
+use crate::token::{KeySet, self_signed_pem};
 
 /// Built once per key set: the keys never change while the process runs.
 pub struct Published {
@@ -17,25 +16,14 @@ pub struct Published {
 }
 
 impl Published {
-    pub fn new(keys: &KeySet) -> Result<Published, String> {
+    pub async fn new(keys: &KeySet) -> Result<Published, String> {
         let jwks = serde_json::to_vec(&keys.jwks()).map_err(|e| format!("JWKS: {e}"))?;
         let mut certs = HashMap::new();
         for key in keys.all() {
-            let kid = key.kid();
-            let pem = key.to_pkcs8_pem().map_err(|e| e.to_string())?;
-            let pair = KeyPair::from_pkcs8_pem_and_sign_algo(&pem, &PKCS_RSA_SHA256)
-                .map_err(|e| format!("key {kid:?}: {e}"))?;
-            let mut params = CertificateParams::default();
-            let mut name = DistinguishedName::new();
-            name.push(
-                DnType::CommonName,
-                format!("bootstrap-token-operator signing key {kid}"),
-            );
-            params.distinguished_name = name;
-            let cert = params
-                .self_signed(&pair)
-                .map_err(|e| format!("certificate for key {kid:?}: {e}"))?;
-            certs.insert(kid.to_string(), cert.pem());
+            let pem = self_signed_pem(key.signer().clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            certs.insert(key.kid().to_string(), pem);
         }
         Ok(Published { jwks, certs })
     }
@@ -59,7 +47,7 @@ impl<'a> Metadata<'a> {
             issuer,
             token_endpoint: format!("{base}/oauth2/token"),
             jwks_uri: format!("{base}/oauth2/keys"),
-            grant_types_supported: [CLIENT_CREDENTIALS, BOOTSTRAP_TOKEN],
+            grant_types_supported: Grant::ALL.map(Grant::name),
             token_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post"],
             response_types_supported: [],
         }

@@ -4,10 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::auth::Credentials;
-use super::config::{BOOTSTRAP_TOKEN, CLIENT_CREDENTIALS};
+use super::config::{EndpointConfig, Grant};
 use super::error::{ErrorKind, OAuthError};
 use super::secret::Verifier;
-use crate::config::Config;
 
 #[derive(Debug)]
 pub struct Client {
@@ -21,11 +20,10 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn allows(&self, grant: &str) -> bool {
+    pub fn allows(&self, grant: Grant) -> bool {
         match grant {
-            CLIENT_CREDENTIALS => self.client_credentials,
-            BOOTSTRAP_TOKEN => self.bootstrap_token,
-            _ => false,
+            Grant::ClientCredentials => self.client_credentials,
+            Grant::BootstrapToken => self.bootstrap_token,
         }
     }
 }
@@ -37,16 +35,21 @@ pub struct Clients {
 
 impl Clients {
     /// Resolves every secret (references through `client`); the first failure names its client.
-    pub async fn load(config: &Config, client: Option<&kube::Client>) -> Result<Clients, String> {
-        let endpoint = &config.endpoint;
+    /// `bootstrap_client_id` is `bootstrap.clientId`, the only client allowed the
+    /// `bootstrap_token` grant.
+    pub async fn load(
+        endpoint: &EndpointConfig,
+        bootstrap_client_id: &str,
+        client: Option<&kube::Client>,
+    ) -> Result<Clients, String> {
         let mut by_id = HashMap::new();
         for (i, entry) in endpoint.clients.iter().enumerate() {
             let grants = &entry.grant_types;
-            let bootstrap_token = grants.iter().any(|g| g == BOOTSTRAP_TOKEN);
-            if bootstrap_token && entry.client_id != config.bootstrap.client_id {
+            let bootstrap_token = grants.contains(&Grant::BootstrapToken);
+            if bootstrap_token && entry.client_id != bootstrap_client_id {
                 return Err(format!(
-                    "endpoint.clients[{i}].grantTypes: only the bootstrap client {:?} (bootstrap.clientId) may use {BOOTSTRAP_TOKEN}",
-                    config.bootstrap.client_id
+                    "endpoint.clients[{i}].grantTypes: only the bootstrap client {bootstrap_client_id:?} (bootstrap.clientId) may use {}",
+                    Grant::BootstrapToken.name()
                 ));
             }
             let verifier = entry
@@ -59,7 +62,7 @@ impl Clients {
                 Client {
                     id: entry.client_id.clone(),
                     verifier,
-                    client_credentials: grants.iter().any(|g| g == CLIENT_CREDENTIALS),
+                    client_credentials: grants.contains(&Grant::ClientCredentials),
                     bootstrap_token,
                     scopes: entry.scopes.clone(),
                     audiences: entry.audiences.clone(),

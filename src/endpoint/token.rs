@@ -14,12 +14,11 @@ use serde::Serialize;
 
 use super::State;
 use super::auth::Credentials;
-use super::config::{BOOTSTRAP_TOKEN, CLIENT_CREDENTIALS};
+use super::config::Grant;
 use super::error::{ErrorKind, NO_STORE_JSON, OAuthError};
 use super::params::{BodyFormat, Params};
 use super::registry::Client;
-use crate::policy;
-use crate::token::{Claims, NOT_BEFORE_SKEW_SECS, TOKEN_VERSION, bootstrap_claims, new_jti};
+use crate::token::{AccessRequest, BootstrapRequest, IssueError, Issued};
 
 /// Token requests are a few hundred bytes; anything near this is not one.
 const MAX_BODY: usize = 64 * 1024;
@@ -36,7 +35,8 @@ struct TokenBody<'a> {
     scope: String,
 }
 
-struct Issued {
+/// What the client gets back.
+struct Answer {
     token: std::sync::Arc<str>,
     expires_in: i64,
     scope: Vec<String>,
@@ -62,7 +62,8 @@ impl ReuseCache {
     fn get(&self, key: &ReuseKey, now: i64, min_remaining: Duration) -> Option<Cached> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let cached = entries.get(key)?;
-        (cached.exp - now >= min_remaining.as_secs() as i64).then(|| cached.clone())
+        let min_remaining = i64::try_from(min_remaining.as_secs()).unwrap_or(i64::MAX);
+        (cached.exp.saturating_sub(now) >= min_remaining).then(|| cached.clone())
     }
 
     fn put(&self, key: ReuseKey, cached: Cached, now: i64) {
@@ -79,21 +80,24 @@ impl ReuseCache {
 
 pub async fn handle(state: &State, request: Request) -> Response {
     let (grant, result) = respond(state, request).await;
+    let grant = grant.map_or("other", Grant::name);
     match result {
-        Ok(issued) => {
-            state.metrics.request(grant, issued.outcome);
+        Ok(answer) => {
+            state.metrics.request(grant, answer.outcome);
             let body = TokenBody {
-                access_token: &issued.token,
+                access_token: &answer.token,
                 token_type: "bearer",
-                expires_in: issued.expires_in,
-                scope: issued.scope.join(" "),
+                expires_in: answer.expires_in,
+                scope: answer.scope.join(" "),
             };
             (NO_STORE_JSON, serde_json::to_vec(&body).unwrap_or_default()).into_response()
         }
         Err(mut error) => {
             state.metrics.request(grant, error.kind.error());
             match error.kind {
-                ErrorKind::KeysUnavailable => tracing::warn!(grant, "{}", error.description),
+                ErrorKind::KeysUnavailable | ErrorKind::SigningUnavailable => {
+                    tracing::warn!(grant, "{}", error.description)
+                }
                 ErrorKind::WrongSecret | ErrorKind::ClientNotFound => {
                     tracing::info!(
                         grant,
@@ -103,37 +107,40 @@ pub async fn handle(state: &State, request: Request) -> Response {
                 }
                 _ => tracing::debug!(grant, code = error.kind.code(), "{}", error.description),
             }
-            error.realm = Some(state.config.endpoint.realm.clone());
+            error.realm = Some(state.config.realm.clone());
             error.into_response()
         }
     }
 }
 
-/// The grant label for metrics (bounded) and the answer.
-async fn respond(state: &State, request: Request) -> (&'static str, Result<Issued, OAuthError>) {
+/// The grant (for the metric label; `None` before one is known) and the answer.
+async fn respond(state: &State, request: Request) -> (Option<Grant>, Result<Answer, OAuthError>) {
     let (parts, body) = request.into_parts();
     let params = match read_params(&parts.method, &parts.headers, body).await {
         Ok(params) => params.normalized(),
-        Err(error) => return ("other", Err(error)),
+        Err(error) => return (None, Err(error)),
     };
     let grant = match params.grant_type.as_deref() {
-        Some(CLIENT_CREDENTIALS) => CLIENT_CREDENTIALS,
-        Some(BOOTSTRAP_TOKEN) => BOOTSTRAP_TOKEN,
-        Some(other) => {
-            let description = format!(
-                "grant_type {other:?} is not supported; use {CLIENT_CREDENTIALS} or {BOOTSTRAP_TOKEN}"
-            );
-            return (
-                "other",
-                Err(OAuthError::new(
-                    ErrorKind::UnsupportedGrantType,
-                    description,
-                )),
-            );
-        }
+        Some(name) => match Grant::from_name(name) {
+            Some(grant) => grant,
+            None => {
+                let supported: Vec<&str> = Grant::ALL.map(Grant::name).to_vec();
+                let description = format!(
+                    "grant_type {name:?} is not supported; use {}",
+                    supported.join(" or ")
+                );
+                return (
+                    None,
+                    Err(OAuthError::new(
+                        ErrorKind::UnsupportedGrantType,
+                        description,
+                    )),
+                );
+            }
+        },
         None => {
             return (
-                "other",
+                None,
                 Err(OAuthError::new(
                     ErrorKind::MissingGrantType,
                     "grant_type is missing",
@@ -155,17 +162,16 @@ async fn respond(state: &State, request: Request) -> (&'static str, Result<Issue
         if !client.allows(grant) {
             return Err(OAuthError::new(
                 ErrorKind::GrantNotAllowed,
-                format!("client {} may not use grant_type {grant}", client.id),
+                format!("client {} may not use grant_type {}", client.id, grant.name()),
             ));
         }
-        if grant == CLIENT_CREDENTIALS {
-            client_credentials(state, client, &params).await
-        } else {
-            bootstrap_token(state, client, &params).await
+        match grant {
+            Grant::ClientCredentials => client_credentials(state, client, &params).await,
+            Grant::BootstrapToken => bootstrap_token(state, client, &params).await,
         }
     }
     .await;
-    (grant, result)
+    (Some(grant), result)
 }
 
 async fn read_params(
@@ -220,12 +226,12 @@ async fn client_credentials(
     state: &State,
     client: &Client,
     params: &Params,
-) -> Result<Issued, OAuthError> {
-    let config = &state.config;
+) -> Result<Answer, OAuthError> {
+    let default_audience = state.issuer.profile().audience.as_str();
     let scope = choose_scope(params.scope.as_deref(), &client.scopes, &client.id)?;
     let audience = match params.audience.as_deref() {
-        None => config.audience.as_str(),
-        Some(aud) if aud == config.audience || client.audiences.iter().any(|a| a == aud) => aud,
+        None => default_audience,
+        Some(aud) if aud == default_audience || client.audiences.iter().any(|a| a == aud) => aud,
         Some(aud) => {
             return Err(OAuthError::new(
                 ErrorKind::AudienceNotAllowed,
@@ -234,52 +240,50 @@ async fn client_credentials(
         }
     };
     let now = jiff::Timestamp::now().as_second();
-    let reuse = config.endpoint.reuse.enabled;
+    let reuse = state.config.reuse.enabled;
     let key = reuse.then(|| (client.id.clone(), audience.to_string(), scope.clone()));
     if let Some(key) = &key
-        && let Some(cached) = state.reuse.get(
-            key,
-            now,
-            config.endpoint.reuse_min_remaining(client.lifetime),
-        )
+        && let Some(cached) =
+            state
+                .reuse
+                .get(key, now, state.config.reuse_min_remaining(client.lifetime))
     {
-        return Ok(Issued {
+        return Ok(Answer {
             token: cached.token,
-            expires_in: cached.exp - now,
+            expires_in: cached.exp.saturating_sub(now),
             scope,
             outcome: "reused",
         });
     }
-    let lifetime = client.lifetime.as_secs() as i64;
-    let claims = Claims {
-        iss: config.issuer.clone(),
-        aud: audience.to_string(),
-        exp: now + lifetime,
-        jti: new_jti(),
-        iat: now,
-        nbf: now - NOT_BEFORE_SKEW_SECS,
-        version_claim: config.version_claim,
-        version: TOKEN_VERSION.into(),
-        client_id: client.id.clone(),
-        scope,
-        sid: None,
-    };
-    let token: std::sync::Arc<str> = sign(state, &claims).await?.into();
-    tracing::debug!(client_id = %client.id, jti = %claims.jti, "issued access token");
+    let issued = issue(
+        state,
+        state.issuer.issue_access(
+            AccessRequest {
+                client_id: &client.id,
+                audience,
+                scope,
+                lifetime: client.lifetime,
+            },
+            now,
+        ),
+    )
+    .await?;
+    tracing::debug!(client_id = %client.id, jti = %issued.claims.jti, "issued access token");
+    let token: std::sync::Arc<str> = issued.token.into();
     if let Some(key) = key {
         state.reuse.put(
             key,
             Cached {
                 token: token.clone(),
-                exp: claims.exp,
+                exp: issued.claims.exp,
             },
             now,
         );
     }
-    Ok(Issued {
+    Ok(Answer {
         token,
-        expires_in: lifetime,
-        scope: claims.scope,
+        expires_in: issued.claims.exp.saturating_sub(now),
+        scope: issued.claims.scope,
         outcome: "issued",
     })
 }
@@ -288,8 +292,7 @@ async fn bootstrap_token(
     state: &State,
     client: &Client,
     params: &Params,
-) -> Result<Issued, OAuthError> {
-    let config = &state.config;
+) -> Result<Answer, OAuthError> {
     let sid = params.sid.as_deref().ok_or_else(|| {
         OAuthError::new(
             ErrorKind::InvalidServiceId,
@@ -302,25 +305,58 @@ async fn bootstrap_token(
             format!("sid must be at most {MAX_SID_LEN} characters without control characters"),
         ));
     }
+    let bootstrap = state.issuer.bootstrap();
+    let scope = choose_scope(params.scope.as_deref(), &bootstrap.scope, &client.id)?;
+    let now = jiff::Timestamp::now().as_second();
     // The endpoint has no namespace: it is matched as "", so rules limited to namespaces do not
     // apply here, and rules without namespaces (or with `*`) do.
-    if !policy::allows(&config.policy, "", sid) {
-        return Err(OAuthError::new(
+    let issued = issue(
+        state,
+        state.issuer.issue_bootstrap(
+            BootstrapRequest {
+                namespace: "",
+                sid,
+                lifetime: bootstrap.lifetime,
+                scope: Some(scope),
+                reason: Grant::BootstrapToken.name(),
+            },
+            now,
+        ),
+    )
+    .await?;
+    tracing::info!(client_id = %client.id, sid, jti = %issued.claims.jti, "issued bootstrap token");
+    Ok(Answer {
+        token: issued.token.into(),
+        expires_in: issued.claims.exp.saturating_sub(now),
+        scope: issued.claims.scope,
+        outcome: "issued",
+    })
+}
+
+/// Runs one issuance, timing it, and turns its failure into the answer the client gets.
+async fn issue(
+    state: &State,
+    issuance: impl std::future::Future<Output = Result<Issued, IssueError>>,
+) -> Result<Issued, OAuthError> {
+    let started = Instant::now();
+    let result = issuance.await;
+    state
+        .metrics
+        .signing_duration
+        .observe(started.elapsed().as_secs_f64());
+    result.map_err(|error| match error {
+        IssueError::KeyUnavailable(why) => OAuthError::new(
+            ErrorKind::KeysUnavailable,
+            format!("the signing key is not available yet: {why}"),
+        ),
+        IssueError::Signing(why) => OAuthError::new(
+            ErrorKind::SigningUnavailable,
+            format!("signing is unavailable; try again shortly: {why}"),
+        ),
+        IssueError::Forbidden { sid, .. } => OAuthError::new(
             ErrorKind::ServiceIdNotAllowed,
             format!("the operator's policy does not allow service id {sid:?}"),
-        ));
-    }
-    let scope = choose_scope(params.scope.as_deref(), &config.bootstrap.scope, &client.id)?;
-    let now = jiff::Timestamp::now().as_second();
-    let mut claims = bootstrap_claims(config, sid, config.bootstrap.lifetime, now);
-    claims.scope = scope;
-    let token = sign(state, &claims).await?;
-    tracing::info!(client_id = %client.id, sid, jti = %claims.jti, "issued bootstrap token");
-    Ok(Issued {
-        token: token.into(),
-        expires_in: claims.exp - now,
-        scope: claims.scope,
-        outcome: "issued",
+        ),
     })
 }
 
@@ -349,24 +385,6 @@ fn choose_scope(
         .filter(|a| words.contains(&a.as_str()))
         .cloned()
         .collect())
-}
-
-async fn sign(state: &State, claims: &Claims) -> Result<String, OAuthError> {
-    let keys = state.keys.get().await.map_err(|error| {
-        OAuthError::new(
-            ErrorKind::KeysUnavailable,
-            format!("the signing key is not available yet: {error}"),
-        )
-    })?;
-    let started = Instant::now();
-    // Inline rather than spawn_blocking: a fraction of a millisecond of CPU, and the runtime
-    // has one worker per core, so a hop to another thread would only add latency.
-    let token = keys.active().sign(claims);
-    state
-        .metrics
-        .signing_duration
-        .observe(started.elapsed().as_secs_f64());
-    Ok(token)
 }
 
 #[cfg(test)]

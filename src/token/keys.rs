@@ -1,14 +1,84 @@
+//! The keys an operator instance holds, and the one place a JWS is put together: header,
+//! base64url payload in light-oauth2's claim order, and the signature from a [`Signer`].
+
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Serialize;
 
-use super::{Claims, SigningKey};
+use super::Claims;
+use super::signer::{SignError, Signer};
 
-/// The keys an operator instance holds: the newest signs, every one verifies and is published.
+/// One key: its signer, and what every token and verification with it re-uses.
+pub struct Key {
+    signer: Arc<dyn Signer>,
+    /// base64url of `{"kid":…,"alg":"RS256"}`, the same for every token this key signs.
+    header_b64: String,
+    decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct Header<'a> {
+    kid: &'a str,
+    alg: &'static str,
+}
+
+impl Key {
+    pub fn new(signer: Arc<dyn Signer>) -> Self {
+        let header = serde_json::to_vec(&Header {
+            kid: signer.kid(),
+            alg: "RS256",
+        })
+        .unwrap_or_default();
+        let public = signer.public_key();
+        let decoding = DecodingKey::from_rsa_raw_components(&public.n, &public.e);
+        Key {
+            header_b64: URL_SAFE_NO_PAD.encode(header),
+            decoding,
+            signer,
+        }
+    }
+
+    pub fn kid(&self) -> &str {
+        self.signer.kid()
+    }
+
+    pub fn signer(&self) -> &Arc<dyn Signer> {
+        &self.signer
+    }
+
+    /// The claims as a compact JWS: header.payload.signature, each base64url.
+    pub async fn sign(&self, claims: &Claims) -> Result<String, SignError> {
+        let payload = serde_json::to_vec(claims).map_err(|e| SignError {
+            kid: self.kid().to_string(),
+            reason: format!("claims do not serialise: {e}"),
+        })?;
+        let mut token = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 360);
+        token.push_str(&self.header_b64);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let signature = self.signer.sign(token.as_bytes()).await?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+        Ok(token)
+    }
+}
+
+/// The newest key signs; every key verifies and is published.
 #[derive(Debug, Clone)]
 pub struct KeySet {
-    active: Arc<SigningKey>,
-    all: Vec<Arc<SigningKey>>,
+    active: Arc<Key>,
+    all: Vec<Arc<Key>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,37 +95,49 @@ pub enum VerifyError {
     UnknownKey(String),
     #[error("bad signature or claims: {0}")]
     Invalid(String),
+    #[error("signing keys unavailable: {0}")]
+    KeysUnavailable(String),
 }
 
 impl KeySet {
     /// `verification_only` keys are published and accepted, never used to sign.
-    pub fn new(active: SigningKey, verification_only: Vec<SigningKey>) -> Self {
-        let active = Arc::new(active);
+    pub fn new<S: Signer + 'static>(active: S, verification_only: Vec<S>) -> Self {
+        Self::from_signers(
+            Arc::new(active),
+            verification_only
+                .into_iter()
+                .map(|s| Arc::new(s) as Arc<dyn Signer>)
+                .collect(),
+        )
+    }
+
+    pub fn from_signers(active: Arc<dyn Signer>, verification_only: Vec<Arc<dyn Signer>>) -> Self {
+        let active = Arc::new(Key::new(active));
         let mut all = vec![active.clone()];
         all.extend(
             verification_only
                 .into_iter()
-                .filter(|key| key.kid() != active.kid())
-                .map(Arc::new),
+                .filter(|signer| signer.kid() != active.kid())
+                .map(|signer| Arc::new(Key::new(signer))),
         );
         KeySet { active, all }
     }
 
-    pub fn active(&self) -> &SigningKey {
+    pub fn active(&self) -> &Key {
         &self.active
     }
 
-    pub fn all(&self) -> &[Arc<SigningKey>] {
+    pub fn all(&self) -> &[Arc<Key>] {
         &self.all
     }
 
-    pub fn get(&self, kid: &str) -> Option<&SigningKey> {
+    pub fn get(&self, kid: &str) -> Option<&Key> {
         self.all.iter().find(|key| key.kid() == kid).map(|k| &**k)
     }
 
     /// The JWKS document (RFC 7517 §5) of every key.
     pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<_> = self.all.iter().map(|key| key.jwk()).collect();
+        let keys: Vec<_> = self.all.iter().map(|key| key.signer.public_jwk()).collect();
         serde_json::json!({ "keys": keys })
     }
 
@@ -70,13 +152,11 @@ impl KeySet {
         let key = self
             .get(&kid)
             .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?;
-        let (n, e) = key.public_components();
-        let decoding_key = DecodingKey::from_rsa_raw_components(n, e);
         let mut validation = Validation::new(Algorithm::RS256);
         validation.validate_exp = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<Claims>(token, &decoding_key, &validation)
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map_err(|e| VerifyError::Invalid(e.to_string()))?;
         Ok(VerifiedToken {
             kid,
@@ -88,7 +168,16 @@ impl KeySet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{VersionClaim, new_jti};
+    use crate::token::Signer;
+    use crate::token::{LocalKey, VersionClaim, new_jti};
+
+    fn sign(key: &Key, claims: &Claims) -> String {
+        futures::executor::block_on(key.sign(claims)).unwrap()
+    }
+
+    fn sign_with(key: LocalKey, claims: &Claims) -> String {
+        sign(&Key::new(Arc::new(key)), claims)
+    }
 
     fn claims() -> Claims {
         Claims {
@@ -108,8 +197,8 @@ mod tests {
 
     #[test]
     fn signs_with_the_seed_header_and_verifies() {
-        let keys = KeySet::new(SigningKey::generate("100").unwrap(), vec![]);
-        let token = keys.active().sign(&claims());
+        let keys = KeySet::new(LocalKey::generate("100").unwrap(), vec![]);
+        let token = sign(keys.active(), &claims());
         assert!(
             token.starts_with("eyJraWQiOiIxMDAiLCJhbGciOiJSUzI1NiJ9."),
             "{token}"
@@ -128,25 +217,25 @@ mod tests {
 
     #[test]
     fn rejects_tampering_unknown_keys_and_garbage() {
-        let old = SigningKey::generate("99").unwrap();
-        let old_token = old.sign(&claims());
-        let keys = KeySet::new(SigningKey::generate("100").unwrap(), vec![old]);
+        let old = Arc::new(LocalKey::generate("99").unwrap());
+        let old_token = sign(&Key::new(old.clone()), &claims());
+        let keys = KeySet::from_signers(Arc::new(LocalKey::generate("100").unwrap()), vec![old]);
         assert!(
             keys.verify(&old_token).is_ok(),
             "rotated-out keys still verify"
         );
 
-        let other = KeySet::new(SigningKey::generate("100").unwrap(), vec![]);
-        let forged = other.active().sign(&claims());
+        let other = KeySet::new(LocalKey::generate("100").unwrap(), vec![]);
+        let forged = sign(other.active(), &claims());
         assert!(matches!(keys.verify(&forged), Err(VerifyError::Invalid(_))));
 
-        let stranger = SigningKey::generate("7").unwrap().sign(&claims());
+        let stranger = sign_with(LocalKey::generate("7").unwrap(), &claims());
         assert_eq!(
             keys.verify(&stranger),
             Err(VerifyError::UnknownKey("7".into()))
         );
 
-        let token = keys.active().sign(&claims());
+        let token = sign(keys.active(), &claims());
         let (head, rest) = token.split_once('.').unwrap();
         let tampered = format!("{head}.{}", rest.replacen('e', "f", 1));
         assert!(keys.verify(&tampered).is_err());
@@ -158,14 +247,14 @@ mod tests {
 
     #[test]
     fn pem_round_trip_pkcs8_and_pkcs1() {
-        let key = SigningKey::generate("100").unwrap();
+        let key = LocalKey::generate("100").unwrap();
         let pem8 = key.to_pkcs8_pem().unwrap();
-        let again = SigningKey::from_pem("100", pem8.as_bytes()).unwrap();
-        assert_eq!(again.jwk(), key.jwk());
-        assert!(SigningKey::from_pem("100", b"not pem").is_err());
+        let again = LocalKey::from_pem("100", pem8.as_bytes()).unwrap();
+        assert_eq!(again.public_jwk(), key.public_jwk());
+        assert!(LocalKey::from_pem("100", b"not pem").is_err());
         let wrong = pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3]));
         assert!(matches!(
-            SigningKey::from_pem("100", wrong.as_bytes()),
+            LocalKey::from_pem("100", wrong.as_bytes()),
             Err(crate::token::KeyError::WrongPemTag { .. })
         ));
     }
@@ -175,23 +264,23 @@ mod tests {
         // A test-only key from `openssl genrsa -traditional 2048`.
         let pem = include_str!("../../tests/fixtures/pkcs1-test-key.pem");
         assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
-        let key = SigningKey::from_pem("100", pem.as_bytes()).unwrap();
-        let keys = KeySet::new(key, vec![]);
-        let token = keys.active().sign(&claims());
-        assert_eq!(keys.verify(&token).unwrap().kid, "100");
+        let key = LocalKey::from_pem("100", pem.as_bytes()).unwrap();
         // Re-encoded as PKCS#8, it is the same key.
-        let pkcs8 = keys.active().to_pkcs8_pem().unwrap();
+        let pkcs8 = key.to_pkcs8_pem().unwrap();
         assert_eq!(
-            SigningKey::from_pem("100", pkcs8.as_bytes()).unwrap().jwk(),
-            keys.active().jwk()
+            LocalKey::from_pem("100", pkcs8.as_bytes()).unwrap().public_jwk(),
+            key.public_jwk()
         );
+        let keys = KeySet::new(key, vec![]);
+        let token = sign(keys.active(), &claims());
+        assert_eq!(keys.verify(&token).unwrap().kid, "100");
     }
 
     #[test]
     fn jwks_lists_every_key() {
         let keys = KeySet::new(
-            SigningKey::generate("100").unwrap(),
-            vec![SigningKey::generate("99").unwrap()],
+            LocalKey::generate("100").unwrap(),
+            vec![LocalKey::generate("99").unwrap()],
         );
         let jwks = keys.jwks();
         let kids: Vec<_> = jwks["keys"]

@@ -1,13 +1,21 @@
-//! The token: claims in light-oauth2's order, RS256 signing with keys parsed once, and the key
-//! set (active key + keys kept for verification) loaded from Kubernetes Secrets.
+//! The token: claims in light-oauth2's order, the [`Issuer`] that makes every token, the
+//! [`Signer`] trait (a key in memory, or one behind an API), JWS assembly and verification over
+//! the key set, each key's certificate, and the key set loaded from Kubernetes Secrets.
 
+mod certificate;
 mod claims;
-mod issue;
+mod issuer;
 mod keys;
+mod local;
 mod signer;
 pub mod store;
 
+pub use certificate::{CertificateError, self_signed_pem};
 pub use claims::{Claims, NOT_BEFORE_SKEW_SECS, TOKEN_VERSION, VersionClaim, new_jti};
-pub use issue::bootstrap_claims;
-pub use keys::{KeySet, VerifiedToken, VerifyError};
-pub use signer::{KeyError, SigningKey};
+pub use issuer::{
+    AccessRequest, BootstrapConfig, BootstrapRequest, IssueError, Issued, IssuedLabels, Issuer,
+    TokenProfile,
+};
+pub use keys::{Key, KeySet, VerifiedToken, VerifyError};
+pub use local::{KeyError, LocalKey};
+pub use signer::{RsaPublicKey, SignError, Signer};

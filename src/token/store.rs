@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
-use super::{KeyError, KeySet, SigningKey};
+use super::{KeyError, KeySet, LocalKey};
 use crate::config::SigningConfig;
 
 /// The Secret data key that holds the PEM private key.
@@ -60,7 +60,7 @@ async fn read(
     namespace: &str,
     name: &str,
     kid: &str,
-) -> Result<Option<SigningKey>, StoreError> {
+) -> Result<Option<LocalKey>, StoreError> {
     let secret = secrets
         .get_opt(name)
         .await
@@ -80,7 +80,7 @@ async fn read(
             namespace: namespace.into(),
             name: name.into(),
         })?;
-    SigningKey::from_pem(kid, &pem.0)
+    LocalKey::from_pem(kid, &pem.0)
         .map(Some)
         .map_err(|source| StoreError::Key {
             namespace: namespace.into(),
@@ -95,13 +95,13 @@ async fn create(
     namespace: &str,
     name: &str,
     kid: &str,
-) -> Result<SigningKey, StoreError> {
+) -> Result<LocalKey, StoreError> {
     let key_error = |source| StoreError::Key {
         namespace: namespace.into(),
         name: name.into(),
         source,
     };
-    let generated = SigningKey::generate(kid).map_err(key_error)?;
+    let generated = LocalKey::generate(kid).map_err(key_error)?;
     let pem = generated.to_pkcs8_pem().map_err(key_error)?;
     let secret = Secret {
         metadata: ObjectMeta {

@@ -6,10 +6,11 @@ use std::thread::JoinHandle;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bootstrap_token_operator::app;
 use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::endpoint::{self, EndpointMetrics, State};
 use bootstrap_token_operator::token::store::KeyProvider;
-use bootstrap_token_operator::token::{KeySet, SigningKey};
+use bootstrap_token_operator::token::{KeySet, LocalKey};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
@@ -62,8 +63,8 @@ endpoint:
 /// active `100` (seed header) and a rotated-out `99`.
 pub static KEYS: LazyLock<KeySet> = LazyLock::new(|| {
     KeySet::new(
-        SigningKey::generate("100").expect("RSA key generation"),
-        vec![SigningKey::generate("99").expect("RSA key generation")],
+        LocalKey::generate("100").expect("RSA key generation"),
+        vec![LocalKey::generate("99").expect("RSA key generation")],
     )
 });
 
@@ -85,7 +86,7 @@ impl Server {
         config_yaml: &str,
         keys: impl FnOnce() -> KeyProvider + Send + 'static,
     ) -> Server {
-        let config = Arc::new(Config::parse(config_yaml).expect("test config is valid"));
+        let config = Config::parse(config_yaml).expect("test config is valid");
         let tls = config.endpoint.tls.is_some();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -98,7 +99,8 @@ impl Server {
             runtime.block_on(async move {
                 let mut registry = Registry::default();
                 let metrics = EndpointMetrics::new(&mut registry);
-                let state = State::new(config, Arc::new(keys()), None, metrics.clone())
+                let issuer = Arc::new(app::issuer(&config, Arc::new(keys()), &mut registry));
+                let state = State::new(issuer, config.endpoint, None, metrics.clone())
                     .await
                     .expect("endpoint state");
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -98,7 +98,7 @@ fn certificate_per_kid() {
         assert_eq!(reply.header("content-type"), Some("application/text"));
         let block = pem::parse(reply.body.as_bytes()).expect("PEM");
         assert_eq!(block.tag(), "CERTIFICATE");
-        let spki = KEYS.get(kid).unwrap().public_key_der();
+        let spki = KEYS.get(kid).unwrap().signer().public_key().pkcs1_der();
         assert!(
             block
                 .contents()

@@ -181,12 +181,13 @@ async fn unusable_certificate_fails_at_start() {
     let (_, _, other_key) = pki("other");
     dir.write("tls.crt", &cert);
     dir.write("tls.key", &other_key);
-    let config =
-        Arc::new(bootstrap_token_operator::config::Config::parse(&tls_config(&dir)).unwrap());
+    let config = bootstrap_token_operator::config::Config::parse(&tls_config(&dir)).unwrap();
     let keys =
         Arc::new(bootstrap_token_operator::token::store::KeyProvider::from_keys(KEYS.clone()));
-    let metrics = bootstrap_token_operator::endpoint::EndpointMetrics::new(&mut Default::default());
-    let error = bootstrap_token_operator::endpoint::State::new(config, keys, None, metrics)
+    let mut registry = Default::default();
+    let metrics = bootstrap_token_operator::endpoint::EndpointMetrics::new(&mut registry);
+    let issuer = Arc::new(bootstrap_token_operator::app::issuer(&config, keys, &mut registry));
+    let error = bootstrap_token_operator::endpoint::State::new(issuer, config.endpoint, None, metrics)
         .await
         .err()
         .expect("a key that does not match the certificate is refused");

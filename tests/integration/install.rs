@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::{Value, json};
 
-use bootstrap_token_operator::token::{KeySet, SigningKey};
+use bootstrap_token_operator::token::{KeySet, LocalKey};
 use testenv::{TestEnv, repo_root};
 
 use crate::process::OperatorProcess;
@@ -299,7 +299,7 @@ async fn operator_issues_tokens_under_the_charts_service_account() {
         .await
         .expect("key Secret in the release namespace");
     let keys = KeySet::new(
-        SigningKey::from_pem("100", &key.data.unwrap()["key.pem"].0).unwrap(),
+        LocalKey::from_pem("100", &key.data.unwrap()["key.pem"].0).unwrap(),
         vec![],
     );
     let token = token_of(

@@ -12,7 +12,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 use bootstrap_token_operator::resource::BootstrapToken;
-use bootstrap_token_operator::token::{KeySet, SigningKey};
+use bootstrap_token_operator::token::{KeySet, LocalKey};
 use testenv::TestEnv;
 
 use crate::process::{OperatorProcess, lease_holder};
@@ -196,7 +196,7 @@ async fn racing_replicas_share_one_signing_key() {
         .await
         .expect("one key Secret");
     let pem = &key_secret.data.as_ref().unwrap()["key.pem"].0;
-    let keys = KeySet::new(SigningKey::from_pem("100", pem).unwrap(), vec![]);
+    let keys = KeySet::new(LocalKey::from_pem("100", pem).unwrap(), vec![]);
 
     // Whoever leads signs with the stored key; then the other one takes over and does the same.
     apply_bt(&ns, bt_manifest("first", json!({"serviceId": "svc-first"}))).await;

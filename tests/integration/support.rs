@@ -8,18 +8,15 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use bootstrap_token_operator::app::Core;
 use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::controller::{self, Context};
-use bootstrap_token_operator::events::EventPublisher;
-use bootstrap_token_operator::resource::{BootstrapToken, MANAGER, TOKEN_KEY};
+use bootstrap_token_operator::resource::{BootstrapToken, TOKEN_KEY};
 use bootstrap_token_operator::shim;
-use bootstrap_token_operator::telemetry::ControllerMetrics;
-use bootstrap_token_operator::token::store::KeyProvider;
 use testenv::TestEnv;
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -36,35 +33,23 @@ impl Operator {
     /// Starts the controller for `namespace` as the restricted operator identity; its signing
     /// key Secret lives in the same namespace.
     pub async fn start(namespace: &str, config_yaml: &str) -> Operator {
-        let config = Arc::new(Config::parse(config_yaml).expect("test config is valid"));
+        let config = Config::parse(config_yaml).expect("test config is valid");
         let (client, writes) = TestEnv::global().operator_client_counting_writes().await;
-        let keys = Arc::new(KeyProvider::new(
-            client.clone(),
+        let core = Arc::new(Core::new(
+            client,
+            &config,
             namespace,
-            config.signing.clone(),
+            None,
+            &mut Registry::default(),
         ));
-        let recorder = EventPublisher::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: None,
-            },
-        );
-        let metrics = Arc::new(ControllerMetrics::new(&mut Registry::default()));
-        let ctx = Arc::new(Context::new(client, config, keys, recorder, metrics));
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = stopped.map(|_| ()).boxed().shared();
         let namespaces = vec![namespace.to_string()];
         let task = tokio::spawn({
-            let ctx = ctx.clone();
-            let shim = Arc::new(shim::Context::from_controller(&ctx));
-            async move {
-                futures::join!(
-                    controller::run(ctx, &namespaces, shutdown.clone()),
-                    shim::run(shim, &namespaces, shutdown),
-                );
-            }
+            let core = core.clone();
+            async move { core.reconcile(&namespaces, shutdown).await }
         });
+        let ctx = core.ctx.clone();
         Operator {
             ctx,
             writes,
@@ -96,7 +81,7 @@ impl Operator {
     }
 
     pub async fn keys(&self) -> &bootstrap_token_operator::token::KeySet {
-        self.ctx.keys.get().await.expect("keys load")
+        self.ctx.issuer.keys().await.expect("keys load")
     }
 }
 
