@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use crate::duration;
 use crate::policy::PolicyRule;
-use crate::token::{TokenProfile, VersionClaim};
 pub use crate::token::BootstrapConfig;
+use crate::token::{TokenProfile, VersionClaim};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

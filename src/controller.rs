@@ -191,7 +191,10 @@ pub enum NotReady {
     InvalidSpec(String),
     /// The Secret of that name exists and belongs to someone else: it is left untouched.
     SecretConflict(String),
-    Forbidden { namespace: String, sid: String },
+    Forbidden {
+        namespace: String,
+        sid: String,
+    },
 }
 
 impl NotReady {
@@ -234,7 +237,7 @@ pub struct Kept {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     NotReady(NotReady),
-    Keep(Terms, Kept),
+    Keep(Terms, Box<Kept>),
     Issue(Terms, IssueReason),
 }
 
@@ -264,7 +267,7 @@ pub fn decide(
         });
     }
     match reusable(bt, issuer, terms, existing, keys, now) {
-        Ok(kept) => Decision::Keep(terms, kept),
+        Ok(kept) => Decision::Keep(terms, Box::new(kept)),
         Err(reason) => Decision::Issue(terms, reason),
     }
 }
@@ -363,7 +366,7 @@ fn renewal_time(exp: i64, renew_before: Duration) -> i64 {
 /// The result of one reconcile, as the status shows it.
 enum Outcome {
     Ready {
-        claims: Claims,
+        claims: Box<Claims>,
         kid: String,
         renewal: i64,
     },
@@ -441,7 +444,7 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
             };
             return Ok((outcome, action));
         }
-        Decision::Keep(terms, kept) => (terms, kept, None),
+        Decision::Keep(terms, kept) => (terms, *kept, None),
         Decision::Issue(terms, reason) => {
             let issued = ctx
                 .issuer
@@ -505,11 +508,15 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     }
 
     let renewal = renewal_time(claims.exp, terms.renew_before);
-    let wait = Duration::from_secs(u64::try_from(renewal.saturating_sub(now)).unwrap_or(0).max(1))
-        .min(MAX_REQUEUE);
+    let wait = Duration::from_secs(
+        u64::try_from(renewal.saturating_sub(now))
+            .unwrap_or(0)
+            .max(1),
+    )
+    .min(MAX_REQUEUE);
     Ok((
         Outcome::Ready {
-            claims,
+            claims: Box::new(claims),
             kid,
             renewal,
         },
@@ -775,4 +782,264 @@ pub async fn run(
             })
     });
     futures::future::join_all(controllers).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::LazyLock;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::policy::PolicyRule;
+    use crate::resource::BootstrapTokenSpec;
+    use crate::token::store::KeyProvider;
+    use crate::token::{BootstrapConfig, LocalKey, TokenProfile, VersionClaim};
+
+    const UID: &str = "0b7c3b1e-0000-4000-8000-000000000001";
+    const NOW: i64 = 1_800_000_000;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    static KEYS: LazyLock<KeySet> =
+        LazyLock::new(|| KeySet::new(LocalKey::generate("100").unwrap(), vec![]));
+    /// Same kid, another key: what a forger or a lost key Secret produces.
+    static OTHER_KEYS: LazyLock<KeySet> =
+        LazyLock::new(|| KeySet::new(LocalKey::generate("100").unwrap(), vec![]));
+    static STRANGER_KEYS: LazyLock<KeySet> =
+        LazyLock::new(|| KeySet::new(LocalKey::generate("7").unwrap(), vec![]));
+
+    fn issuer(policy: Vec<PolicyRule>) -> Issuer {
+        Issuer::new(
+            TokenProfile {
+                issuer: "urn:com:networknt:oauth2:v1".into(),
+                audience: "urn:com.networknt".into(),
+                version_claim: VersionClaim::Version,
+            },
+            BootstrapConfig {
+                scope: vec!["scope.a".into()],
+                lifetime: 10 * HOUR,
+                ..Default::default()
+            },
+            policy,
+            Arc::new(KeyProvider::from_keys(KEYS.clone())),
+            &mut Registry::default(),
+        )
+    }
+
+    fn bt(spec: impl FnOnce(&mut BootstrapTokenSpec)) -> BootstrapToken {
+        let mut bt = BootstrapToken::new(
+            "svc",
+            BootstrapTokenSpec {
+                service_id: "com.example.svc".into(),
+                secret_name: None,
+                lifetime: None,
+                renew_before: None,
+                secret_template: None,
+            },
+        );
+        bt.metadata.namespace = Some("team-a".into());
+        bt.metadata.uid = Some(UID.into());
+        spec(&mut bt.spec);
+        bt
+    }
+
+    fn with_reissue(mut bt: BootstrapToken, value: &str) -> BootstrapToken {
+        bt.annotations_mut()
+            .insert(annotations::REISSUE.into(), value.into());
+        bt
+    }
+
+    /// The claims the issuer would give `bt`'s token issued at `iat`.
+    fn claims(iat: i64) -> Claims {
+        issuer(vec![]).bootstrap_claims("com.example.svc", 10 * HOUR, iat)
+    }
+
+    fn signed(keys: &KeySet, claims: &Claims) -> String {
+        futures::executor::block_on(keys.active().sign(claims)).unwrap()
+    }
+
+    /// A Secret owned by `owner_uid` holding `token` (raw bytes).
+    fn secret(owner_uid: &str, token: Option<&[u8]>, reissue: Option<&str>) -> Secret {
+        let mut secret = Secret {
+            data: token.map(|t| BTreeMap::from([(TOKEN_KEY.to_string(), ByteString(t.to_vec()))])),
+            ..Default::default()
+        };
+        secret.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "bootstraptoken.dev/v1alpha1".into(),
+            kind: "BootstrapToken".into(),
+            name: "svc".into(),
+            uid: owner_uid.into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
+        if let Some(value) = reissue {
+            secret
+                .annotations_mut()
+                .insert(annotations::REISSUE.into(), value.into());
+        }
+        secret
+    }
+
+    fn ours(claims: &Claims) -> Secret {
+        secret(UID, Some(signed(&KEYS, claims).as_bytes()), None)
+    }
+
+    fn changed(edit: impl FnOnce(&mut Claims)) -> Secret {
+        let mut claims = claims(NOW - 60);
+        edit(&mut claims);
+        ours(&claims)
+    }
+
+    /// Name, object, policy, the Secret it names, now, and what must be decided.
+    type Case = (
+        &'static str,
+        BootstrapToken,
+        Vec<PolicyRule>,
+        Option<Secret>,
+        i64,
+        Want,
+    );
+
+    enum Want {
+        NotReady(Reason),
+        Keep,
+        Issue(IssueReason),
+    }
+
+    #[test]
+    fn decide_table() {
+        let fresh = ours(&claims(NOW - 60));
+        // Default renewal: a third of the 10 h lifetime before expiry, at iat + 6h40m.
+        let renewal_at = |iat: i64| iat + 10 * 3600 - 10 * 3600 / 3;
+        let iat = NOW - 1000;
+        let at_renewal = ours(&claims(iat));
+        let allowed = vec![PolicyRule {
+            namespaces: vec!["team-*".into()],
+            service_ids: vec!["com.example.*".into()],
+        }];
+        let denied = vec![PolicyRule {
+            namespaces: vec!["team-b".into()],
+            service_ids: vec![],
+        }];
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("unparsable lifetime", bt(|s| s.lifetime = Some("ten years".into())), vec![], None, NOW, Want::NotReady(Reason::InvalidSpec)),
+            ("unparsable renewBefore", bt(|s| s.renew_before = Some("soon".into())), vec![], None, NOW, Want::NotReady(Reason::InvalidSpec)),
+            ("renewBefore equal to lifetime", bt(|s| { s.lifetime = Some("2h".into()); s.renew_before = Some("2h".into()) }), vec![], None, NOW, Want::NotReady(Reason::InvalidSpec)),
+            ("renewBefore just below lifetime", bt(|s| { s.lifetime = Some("2h".into()); s.renew_before = Some("1h59m59s".into()) }), vec![], None, NOW, Want::Issue(IssueReason::SecretMissing)),
+            ("renewBefore from config above a short spec lifetime", bt(|s| s.lifetime = Some("1h".into())), vec![], None, NOW, Want::Issue(IssueReason::SecretMissing)),
+            ("Secret of someone else", bt(|_| {}), vec![], Some(secret("another-uid", Some(b"x"), None)), NOW, Want::NotReady(Reason::SecretConflict)),
+            ("Secret without owner", bt(|_| {}), vec![], Some(Secret::default()), NOW, Want::NotReady(Reason::SecretConflict)),
+            ("policy refuses the namespace", bt(|_| {}), denied.clone(), None, NOW, Want::NotReady(Reason::Forbidden)),
+            ("policy refuses, our Secret present", bt(|_| {}), denied, Some(fresh.clone()), NOW, Want::NotReady(Reason::Forbidden)),
+            ("policy allows", bt(|_| {}), allowed, Some(fresh.clone()), NOW, Want::Keep),
+            ("no Secret", bt(|_| {}), vec![], None, NOW, Want::Issue(IssueReason::SecretMissing)),
+            ("Secret without a token", bt(|_| {}), vec![], Some(secret(UID, None, None)), NOW, Want::Issue(IssueReason::SecretMissing)),
+            ("token not UTF-8", bt(|_| {}), vec![], Some(secret(UID, Some(&[0xff, 0xfe]), None)), NOW, Want::Issue(IssueReason::TokenInvalid("not UTF-8".into()))),
+            ("a valid token", bt(|_| {}), vec![], Some(fresh.clone()), NOW, Want::Keep),
+            ("serviceId changed", bt(|s| s.service_id = "com.example.other".into()), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::Changed(Input::ServiceId))),
+            ("lifetime changed", bt(|s| s.lifetime = Some("9h".into())), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::Changed(Input::Lifetime))),
+            ("lifetime spelled differently, same length", bt(|s| s.lifetime = Some("600m".into())), vec![], Some(fresh.clone()), NOW, Want::Keep),
+            ("issuer changed", bt(|_| {}), vec![], Some(changed(|c| c.iss = "urn:other".into())), NOW, Want::Issue(IssueReason::Changed(Input::Issuer))),
+            ("audience changed", bt(|_| {}), vec![], Some(changed(|c| c.aud = "urn:other".into())), NOW, Want::Issue(IssueReason::Changed(Input::Audience))),
+            ("client id changed", bt(|_| {}), vec![], Some(changed(|c| c.client_id = "other".into())), NOW, Want::Issue(IssueReason::Changed(Input::ClientId))),
+            ("scope changed", bt(|_| {}), vec![], Some(changed(|c| c.scope = vec!["scope.b".into()])), NOW, Want::Issue(IssueReason::Changed(Input::Scope))),
+            ("version claim changed", bt(|_| {}), vec![], Some(changed(|c| c.version_claim = VersionClaim::Ver)), NOW, Want::Issue(IssueReason::Changed(Input::VersionClaim))),
+            ("version value changed", bt(|_| {}), vec![], Some(changed(|c| c.version = "2.0".into())), NOW, Want::Issue(IssueReason::Changed(Input::VersionClaim))),
+            ("reissue requested", with_reissue(bt(|_| {}), "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::Requested)),
+            ("reissue value already served", with_reissue(bt(|_| {}), "1"), vec![], Some(secret(UID, Some(signed(&KEYS, &claims(NOW - 60)).as_bytes()), Some("1"))), NOW, Want::Keep),
+            ("reissue annotation removed", bt(|_| {}), vec![], Some(secret(UID, Some(signed(&KEYS, &claims(NOW - 60)).as_bytes()), Some("1"))), NOW, Want::Issue(IssueReason::Requested)),
+            ("one second before renewal", bt(|_| {}), vec![], Some(at_renewal.clone()), renewal_at(iat) - 1, Want::Keep),
+            ("at renewal time", bt(|_| {}), vec![], Some(at_renewal.clone()), renewal_at(iat), Want::Issue(IssueReason::RenewalDue)),
+            ("explicit renewBefore moves renewal", bt(|s| s.renew_before = Some("9h".into())), vec![], Some(at_renewal), iat + 3600, Want::Issue(IssueReason::RenewalDue)),
+        ];
+        for (name, bt, policy, existing, now, want) in cases {
+            let issuer = issuer(policy);
+            let got = decide(&bt, &issuer, existing.as_ref(), &KEYS, now);
+            match (&want, &got) {
+                (Want::NotReady(reason), Decision::NotReady(not_ready)) => {
+                    assert_eq!(not_ready.reason(), *reason, "{name}: {got:?}")
+                }
+                (Want::Keep, Decision::Keep(_, kept)) => {
+                    assert_eq!(kept.kid, "100", "{name}");
+                    assert_eq!(
+                        kept.claims.sid.as_deref(),
+                        Some(bt.spec.service_id.as_str())
+                    );
+                }
+                (Want::Issue(reason), Decision::Issue(_, got_reason)) => {
+                    assert_eq!(got_reason, reason, "{name}")
+                }
+                _ => panic!("{name}: got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_we_did_not_sign_are_replaced() {
+        let issuer = issuer(vec![]);
+        for (name, keys) in [
+            ("forged, same kid", &*OTHER_KEYS),
+            ("unknown kid", &*STRANGER_KEYS),
+        ] {
+            let existing = secret(UID, Some(signed(keys, &claims(NOW - 60)).as_bytes()), None);
+            match decide(&bt(|_| {}), &issuer, Some(&existing), &KEYS, NOW) {
+                Decision::Issue(_, IssueReason::TokenInvalid(_)) => {}
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn terms_come_from_the_spec_else_the_configuration() {
+        let issuer = issuer(vec![]);
+        let terms_of = |bt: BootstrapToken| match decide(&bt, &issuer, None, &KEYS, NOW) {
+            Decision::Issue(terms, _) => terms,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            terms_of(bt(|_| {})),
+            Terms {
+                lifetime: 10 * HOUR,
+                renew_before: 10 * HOUR / 3
+            }
+        );
+        assert_eq!(
+            terms_of(bt(|s| {
+                s.lifetime = Some("2h".into());
+                s.renew_before = Some("30m".into())
+            })),
+            Terms {
+                lifetime: 2 * HOUR,
+                renew_before: HOUR / 2
+            }
+        );
+    }
+
+    #[test]
+    fn operator_keys_never_come_from_the_template() {
+        let bt = bt(|s| {
+            s.secret_template = Some(crate::resource::SecretTemplate {
+                labels: BTreeMap::from([
+                    ("team".into(), "a".into()),
+                    ("bootstraptoken.dev/x".into(), "y".into()),
+                ]),
+                annotations: BTreeMap::from([
+                    ("note".into(), "kept".into()),
+                    (annotations::REISSUE.into(), "loop".into()),
+                    (annotations::TOKEN_ID.into(), "fake".into()),
+                ]),
+            })
+        });
+        let claims = claims(NOW);
+        let secret = desired_secret(&bt, "svc-bootstrap-token", "t", &claims, "100");
+        let notes = secret.metadata.annotations.unwrap();
+        assert_eq!(notes.get("note").map(String::as_str), Some("kept"));
+        assert!(!notes.contains_key(annotations::REISSUE));
+        assert_eq!(notes[annotations::TOKEN_ID], claims.jti);
+        let labels = secret.metadata.labels.unwrap();
+        assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+        assert!(!labels.contains_key("bootstraptoken.dev/x"));
+    }
 }

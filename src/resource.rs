@@ -96,11 +96,21 @@ pub struct BootstrapTokenSpec {
     pub secret_template: Option<SecretTemplate>,
 }
 
+/// Keys under `bootstraptoken.dev/` are the operator's: the API server refuses them here, and the
+/// controller ignores any that got in before this rule existed.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct SecretTemplate {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(k, !k.startsWith('bootstraptoken.dev/'))",
+        "message": "keys under bootstraptoken.dev/ are reserved for the operator"
+    }]))]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(k, !k.startsWith('bootstraptoken.dev/'))",
+        "message": "keys under bootstraptoken.dev/ are reserved for the operator"
+    }]))]
     pub annotations: BTreeMap<String, String>,
 }
 

@@ -22,9 +22,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
-pub use config::{
-    ClientConfig, EndpointConfig, Grant, ReuseConfig, TlsConfig,
-};
+pub use config::{ClientConfig, EndpointConfig, Grant, ReuseConfig, TlsConfig};
 pub use metrics::{EndpointMetrics, RequestLabels};
 pub use secret::{SecretKeyRef, SecretSource};
 
@@ -197,7 +195,8 @@ async fn metadata(
             format!("{scheme}://{host}")
         }
     };
-    let body = serde_json::to_vec(&Metadata::new(&state.issuer.profile().issuer, &base)).unwrap_or_default();
+    let body = serde_json::to_vec(&Metadata::new(&state.issuer.profile().issuer, &base))
+        .unwrap_or_default();
     ([JSON], body).into_response()
 }
 

@@ -162,7 +162,11 @@ async fn respond(state: &State, request: Request) -> (Option<Grant>, Result<Answ
         if !client.allows(grant) {
             return Err(OAuthError::new(
                 ErrorKind::GrantNotAllowed,
-                format!("client {} may not use grant_type {}", client.id, grant.name()),
+                format!(
+                    "client {} may not use grant_type {}",
+                    client.id,
+                    grant.name()
+                ),
             ));
         }
         match grant {

@@ -66,7 +66,10 @@ pub async fn self_signed_pem(signer: Arc<dyn Signer>) -> Result<String, Certific
         );
         params.distinguished_name = name;
         let result = params.self_signed(&key);
-        (result, key.failure.into_inner().unwrap_or_else(|e| e.into_inner()))
+        (
+            result,
+            key.failure.into_inner().unwrap_or_else(|e| e.into_inner()),
+        )
     })
     .await
     .map_err(|e| build_failed(e.to_string()))?;

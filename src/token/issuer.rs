@@ -358,11 +358,8 @@ mod tests {
         let keys_of = |token: &str| -> Vec<String> {
             let payload = token.split('.').nth(1).unwrap();
             let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
-                &base64::Engine::decode(
-                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                    payload,
-                )
-                .unwrap(),
+                &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                    .unwrap(),
             )
             .unwrap();
             json.keys().cloned().collect()

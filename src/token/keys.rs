@@ -268,7 +268,9 @@ mod tests {
         // Re-encoded as PKCS#8, it is the same key.
         let pkcs8 = key.to_pkcs8_pem().unwrap();
         assert_eq!(
-            LocalKey::from_pem("100", pkcs8.as_bytes()).unwrap().public_jwk(),
+            LocalKey::from_pem("100", pkcs8.as_bytes())
+                .unwrap()
+                .public_jwk(),
             key.public_jwk()
         );
         let keys = KeySet::new(key, vec![]);

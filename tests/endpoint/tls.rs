@@ -186,10 +186,15 @@ async fn unusable_certificate_fails_at_start() {
         Arc::new(bootstrap_token_operator::token::store::KeyProvider::from_keys(KEYS.clone()));
     let mut registry = Default::default();
     let metrics = bootstrap_token_operator::endpoint::EndpointMetrics::new(&mut registry);
-    let issuer = Arc::new(bootstrap_token_operator::app::issuer(&config, keys, &mut registry));
-    let error = bootstrap_token_operator::endpoint::State::new(issuer, config.endpoint, None, metrics)
-        .await
-        .err()
-        .expect("a key that does not match the certificate is refused");
+    let issuer = Arc::new(bootstrap_token_operator::app::issuer(
+        &config,
+        keys,
+        &mut registry,
+    ));
+    let error =
+        bootstrap_token_operator::endpoint::State::new(issuer, config.endpoint, None, metrics)
+            .await
+            .err()
+            .expect("a key that does not match the certificate is refused");
     assert!(error.to_string().starts_with("endpoint.tls:"), "{error}");
 }
