@@ -523,6 +523,16 @@ async fn the_api_server_rejects_invalid_objects() {
             json!({"serviceId": "svc", "secretName": "Not_A_Name"}),
             "secretName",
         ),
+        // A tenant must not reach the operator's own keys through the template: a copied
+        // `reissue` annotation would re-issue on every reconcile.
+        (
+            json!({"serviceId": "svc", "secretTemplate": {"annotations": {"bootstraptoken.dev/reissue": "x"}}}),
+            "reserved for the operator",
+        ),
+        (
+            json!({"serviceId": "svc", "secretTemplate": {"labels": {"bootstraptoken.dev/token-id": "x"}}}),
+            "reserved for the operator",
+        ),
     ];
     for (i, (spec, expected)) in cases.into_iter().enumerate() {
         let name = format!("bad-{i}");
@@ -546,7 +556,8 @@ async fn the_api_server_rejects_invalid_objects() {
     // The valid neighbour of every rule is accepted.
     let ok = bt_manifest(
         "good",
-        json!({"serviceId": "svc", "lifetime": "2h", "renewBefore": "1h", "secretName": "a.valid-name"}),
+        json!({"serviceId": "svc", "lifetime": "2h", "renewBefore": "1h", "secretName": "a.valid-name",
+               "secretTemplate": {"annotations": {"example.com/bootstraptoken.dev": "x"}}}),
     );
     api.patch("good", &PatchParams::apply("test"), &Patch::Apply(&ok))
         .await
