@@ -97,22 +97,17 @@ pub struct Core {
 }
 
 impl Core {
-    /// `namespace` holds the signing key Secret; `instance` names this replica in events.
+    /// `keys` signs; `instance` names this replica in events.
     pub fn new(
         client: Client,
         config: &Config,
-        namespace: &str,
+        keys: Arc<KeyProvider>,
         instance: Option<String>,
         registry: &mut Registry,
     ) -> Core {
         let metrics = Arc::new(ControllerMetrics::new(registry));
         metrics.init_controller(controller::CONTROLLER);
         metrics.init_controller(shim::CONTROLLER);
-        let keys = Arc::new(KeyProvider::new(
-            client.clone(),
-            namespace,
-            config.signing.clone(),
-        ));
         let issuer = Arc::new(issuer(config, keys, registry));
         let recorder = EventPublisher::new(
             client.clone(),
@@ -166,10 +161,16 @@ impl RunArgs {
             .unwrap_or_else(|| format!("{MANAGER}-{}", &new_jti()[..8]));
 
         let mut registry = Registry::default();
+        // The signing key Secret lives in the operator's namespace.
+        let keys = Arc::new(KeyProvider::new(
+            client.clone(),
+            &self.namespace,
+            config.signing.clone(),
+        ));
         let core = Core::new(
             client.clone(),
             &config,
-            &self.namespace,
+            keys,
             Some(identity.clone()),
             &mut registry,
         );

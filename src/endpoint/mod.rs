@@ -84,7 +84,7 @@ impl State {
             )
         })?;
         self.published
-            .get_or_try_init(|| Published::new(keys))
+            .get_or_try_init(|| async { Published::new(keys) })
             .await
             .map_err(|why| {
                 OAuthError::new(
@@ -169,8 +169,15 @@ async fn certificate(
         Ok(published) => published,
         Err(error) => return error.into_response(),
     };
-    match published.certs.get(&kid) {
-        Some(pem) => ([(header::CONTENT_TYPE, "application/text")], pem.clone()).into_response(),
+    match published.certificate(&kid).await {
+        Some(Ok(pem)) => {
+            ([(header::CONTENT_TYPE, "application/text")], pem.clone()).into_response()
+        }
+        Some(Err(error)) => OAuthError::new(
+            ErrorKind::SigningUnavailable,
+            format!("the certificate of key {kid:?} cannot be signed now: {error}"),
+        )
+        .into_response(),
         None => {
             OAuthError::new(ErrorKind::NotFound, format!("no key with kid {kid:?}")).into_response()
         }

@@ -2,30 +2,47 @@
 //! key service) and the RFC 8414 metadata document.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::OnceCell;
 
 use serde::Serialize;
 
 use super::config::Grant;
-use crate::token::{KeySet, self_signed_pem};
+use crate::token::{CertificateError, KeySet, Signer, self_signed_pem};
 
-/// Built once per key set: the keys never change while the process runs.
+/// Built once per key set: the keys never change while the process runs. The JWKS needs no
+/// signature; each certificate does, so it is made on first request and kept — a signer that is
+/// down (a KMS) costs the certificate, never the JWKS.
 pub struct Published {
     pub jwks: Vec<u8>,
-    /// PEM X.509 certificate per `kid`.
-    pub certs: HashMap<String, String>,
+    /// PEM X.509 certificate per `kid`, once made.
+    certs: HashMap<String, (Arc<dyn Signer>, OnceCell<String>)>,
 }
 
 impl Published {
-    pub async fn new(keys: &KeySet) -> Result<Published, String> {
+    pub fn new(keys: &KeySet) -> Result<Published, String> {
         let jwks = serde_json::to_vec(&keys.jwks()).map_err(|e| format!("JWKS: {e}"))?;
-        let mut certs = HashMap::new();
-        for key in keys.all() {
-            let pem = self_signed_pem(key.signer().clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            certs.insert(key.kid().to_string(), pem);
-        }
+        let certs = keys
+            .all()
+            .iter()
+            .map(|key| {
+                (
+                    key.kid().to_string(),
+                    (key.signer().clone(), OnceCell::new()),
+                )
+            })
+            .collect();
         Ok(Published { jwks, certs })
+    }
+
+    /// The certificate of `kid`; `None` when there is no such key.
+    pub async fn certificate(&self, kid: &str) -> Option<Result<&String, CertificateError>> {
+        let (signer, cert) = self.certs.get(kid)?;
+        Some(
+            cert.get_or_try_init(|| self_signed_pem(signer.clone()))
+                .await,
+        )
     }
 }
 

@@ -9,4 +9,7 @@ mod keys;
 mod props;
 mod reuse;
 mod seeds;
+#[path = "../common/signer.rs"]
+mod signer;
+mod signing;
 mod tls;

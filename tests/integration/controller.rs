@@ -8,8 +8,10 @@ use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use bootstrap_token_operator::resource::{BootstrapToken, annotations};
+use bootstrap_token_operator::token::KeySet;
 use testenv::TestEnv;
 
+use crate::signer::SwitchableSigner;
 use crate::support::*;
 
 const CONFIG: &str = r#"
@@ -562,4 +564,67 @@ async fn the_api_server_rejects_invalid_objects() {
     api.patch("good", &PatchParams::apply("test"), &Patch::Apply(&ok))
         .await
         .unwrap();
+}
+
+/// Signing can fail (a key behind an API): the object says so and keeps its token, and the
+/// operator recovers by itself when signing works again.
+#[tokio::test]
+async fn a_signing_failure_is_reported_and_recovers_without_losing_the_token() {
+    let ns = TestEnv::global().namespace("signing").await;
+    let signer = SwitchableSigner::new("100");
+    let keys = KeySet::from_signers(signer.clone(), vec![]);
+    let operator = Operator::start_with_keys(&ns, CONFIG, keys.clone()).await;
+    apply_bt(
+        &ns,
+        bt_manifest("svc", json!({"serviceId": "com.example.svc"})),
+    )
+    .await;
+    let first = wait_ready(&ns, "svc").await;
+    let issued = token_of(&secret(&ns, "svc-bootstrap-token").await.unwrap());
+
+    signer.fail(true);
+    let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
+    let reissue = json!({"metadata": {"annotations": {annotations::REISSUE: "1"}}});
+    api.patch("svc", &PatchParams::default(), &Patch::Merge(&reissue))
+        .await
+        .unwrap();
+    let failed = wait_reason(&ns, "svc", "SigningUnavailable").await;
+    let ready = failed.ready_condition().unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("unreachable"), "{}", ready.message);
+    assert_eq!(
+        failed.status.as_ref().unwrap().token_id,
+        first.status.as_ref().unwrap().token_id,
+        "the status still names the token the Secret holds"
+    );
+    assert_eq!(
+        token_of(&secret(&ns, "svc-bootstrap-token").await.unwrap()),
+        issued,
+        "the issued token is untouched while signing fails"
+    );
+    eventually("a SigningUnavailable warning event", || {
+        let ns = ns.clone();
+        async move {
+            events_for(&ns, "svc")
+                .await
+                .iter()
+                .any(|(reason, _)| reason == "SigningUnavailable")
+                .then_some(())
+        }
+    })
+    .await;
+
+    signer.fail(false);
+    let recovered = wait_reason(&ns, "svc", "Issued").await;
+    let token = token_of(&secret(&ns, "svc-bootstrap-token").await.unwrap());
+    assert_ne!(
+        token, issued,
+        "the requested re-issue happens once signing works"
+    );
+    assert_eq!(
+        recovered.status.unwrap().token_id.as_deref(),
+        payload(&token)["jti"].as_str()
+    );
+    assert!(keys.verify(&token).is_ok());
+    operator.stop().await;
 }

@@ -7,4 +7,6 @@ mod install;
 mod operations;
 mod process;
 mod shim;
+#[path = "../common/signer.rs"]
+mod signer;
 mod support;

@@ -17,6 +17,8 @@ use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::controller::{self, Context};
 use bootstrap_token_operator::resource::{BootstrapToken, TOKEN_KEY};
 use bootstrap_token_operator::shim;
+use bootstrap_token_operator::token::KeySet;
+use bootstrap_token_operator::token::store::KeyProvider;
 use testenv::TestEnv;
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -35,10 +37,29 @@ impl Operator {
     pub async fn start(namespace: &str, config_yaml: &str) -> Operator {
         let config = Config::parse(config_yaml).expect("test config is valid");
         let (client, writes) = TestEnv::global().operator_client_counting_writes().await;
+        let keys = KeyProvider::new(client.clone(), namespace, config.signing.clone());
+        Operator::start_with(client, writes, namespace, &config, keys)
+    }
+
+    /// Starts the controllers signing with `keys` instead of the key Secret.
+    pub async fn start_with_keys(namespace: &str, config_yaml: &str, keys: KeySet) -> Operator {
+        let config = Config::parse(config_yaml).expect("test config is valid");
+        let (client, writes) = TestEnv::global().operator_client_counting_writes().await;
+        let keys = KeyProvider::from_keys(keys);
+        Operator::start_with(client, writes, namespace, &config, keys)
+    }
+
+    fn start_with(
+        client: kube::Client,
+        writes: testenv::WriteCounter,
+        namespace: &str,
+        config: &Config,
+        keys: KeyProvider,
+    ) -> Operator {
         let core = Arc::new(Core::new(
             client,
-            &config,
-            namespace,
+            config,
+            Arc::new(keys),
             None,
             &mut Registry::default(),
         ));
