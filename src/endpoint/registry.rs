@@ -1,6 +1,7 @@
 //! The clients the endpoint knows, with their secrets resolved to verifiers at start.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::auth::Credentials;
@@ -28,11 +29,31 @@ impl Client {
             _ => false,
         }
     }
+
+    /// Whether one of the presented secret forms is this client's, if that can be told without
+    /// the slow hash. Every form is checked, so the time taken does not say which one came close.
+    pub fn check_fast(&self, credentials: &Credentials) -> Option<bool> {
+        credentials
+            .secrets()
+            .map(|secret| self.verifier.check_fast(secret))
+            .fold(Some(false), |so_far, this| match (so_far, this) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            })
+    }
+
+    /// The full check of every presented form (PBKDF2: for a blocking thread).
+    pub fn check_slow(&self, credentials: &Credentials) -> bool {
+        credentials.secrets().fold(false, |matched, secret| {
+            self.verifier.check_slow(secret) | matched
+        })
+    }
 }
 
 #[derive(Debug)]
 pub struct Clients {
-    by_id: HashMap<String, Client>,
+    by_id: HashMap<String, Arc<Client>>,
 }
 
 impl Clients {
@@ -56,7 +77,7 @@ impl Clients {
                 .map_err(|why| format!("endpoint.clients[{i}].clientSecret: {why}"))?;
             by_id.insert(
                 entry.client_id.clone(),
-                Client {
+                Arc::new(Client {
                     id: entry.client_id.clone(),
                     verifier,
                     client_credentials: grants.iter().any(|g| g == CLIENT_CREDENTIALS),
@@ -64,30 +85,18 @@ impl Clients {
                     scopes: entry.scopes.clone(),
                     audiences: entry.audiences.clone(),
                     lifetime: endpoint.lifetime_of(entry),
-                },
+                }),
             );
         }
         Ok(Clients { by_id })
     }
 
-    /// The client the credentials name, if one of the presented secret forms is its secret.
-    pub fn authenticate(&self, credentials: &Credentials) -> Result<&Client, OAuthError> {
-        let client = credentials
+    /// The client the credentials name; its secret is checked apart (`guard`).
+    pub fn find(&self, credentials: &Credentials) -> Result<&Arc<Client>, OAuthError> {
+        credentials
             .ids
             .iter()
             .find_map(|id| self.by_id.get(id))
-            .ok_or_else(|| OAuthError::new(ErrorKind::ClientNotFound, "unknown client"))?;
-        // Every form is checked, so the time taken does not say which one came close.
-        let matched = credentials.secrets().fold(false, |matched, secret| {
-            client.verifier.matches(secret) | matched
-        });
-        if matched {
-            Ok(client)
-        } else {
-            Err(OAuthError::new(
-                ErrorKind::WrongSecret,
-                format!("wrong secret for client {}", client.id),
-            ))
-        }
+            .ok_or_else(|| OAuthError::new(ErrorKind::ClientNotFound, "unknown client"))
     }
 }

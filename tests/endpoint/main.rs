@@ -4,8 +4,10 @@
 
 mod clients;
 mod errors;
+mod guessing;
 mod harness;
 mod keys;
+mod limits;
 mod props;
 mod reuse;
 mod seeds;
