@@ -55,9 +55,8 @@ impl Guard {
         let matched = match client.check_fast(&credentials) {
             Some(matched) => matched,
             None => {
-                let _permit = self.hashing.acquire().await.map_err(|_| {
-                    OAuthError::new(ErrorKind::KeysUnavailable, "the endpoint is shutting down")
-                })?;
+                // Held until the hash is done (the semaphore is never closed, so this is a permit).
+                let _permit = self.hashing.acquire().await;
                 // Failures recorded while this request waited count too: with one permit, no
                 // source gets more slow hashes than its burst.
                 self.check_throttle(&key, metrics)?;
@@ -180,13 +179,7 @@ impl Throttle {
             None => f64::from(self.config.burst),
         };
         let allowance = (allowance - 1.0).max(0.0);
-        buckets.insert(
-            key.clone(),
-            Bucket {
-                allowance,
-                at: now,
-            },
-        );
+        buckets.insert(key.clone(), Bucket { allowance, at: now });
         allowance < 1.0
     }
 }
@@ -225,7 +218,10 @@ mod tests {
         assert_eq!(throttle.wait(&a, later), Some(Duration::from_secs(6)));
         let accrued = start + Duration::from_secs(10);
         assert_eq!(throttle.wait(&a, accrued), None);
-        assert!(throttle.failed(&a, accrued), "one attempt accrued, one spent");
+        assert!(
+            throttle.failed(&a, accrued),
+            "one attempt accrued, one spent"
+        );
     }
 
     #[test]
@@ -248,7 +244,11 @@ mod tests {
     fn bounded_memory_forgets_the_oldest() {
         let throttle = throttle(1, 2);
         let start = Instant::now();
-        let (a, b, c) = (key("x", "192.0.2.1"), key("x", "192.0.2.2"), key("x", "192.0.2.3"));
+        let (a, b, c) = (
+            key("x", "192.0.2.1"),
+            key("x", "192.0.2.2"),
+            key("x", "192.0.2.3"),
+        );
         throttle.failed(&a, start);
         throttle.failed(&b, start + Duration::from_secs(1));
         throttle.failed(&c, start + Duration::from_secs(2));

@@ -33,14 +33,19 @@ impl Client {
     /// Whether one of the presented secret forms is this client's, if that can be told without
     /// the slow hash. Every form is checked, so the time taken does not say which one came close.
     pub fn check_fast(&self, credentials: &Credentials) -> Option<bool> {
-        credentials
-            .secrets()
-            .map(|secret| self.verifier.check_fast(secret))
-            .fold(Some(false), |so_far, this| match (so_far, this) {
-                (Some(true), _) | (_, Some(true)) => Some(true),
-                (Some(false), Some(false)) => Some(false),
-                _ => None,
-            })
+        let (mut matched, mut undecided) = (false, false);
+        for secret in credentials.secrets() {
+            match self.verifier.check_fast(secret) {
+                Some(true) => matched = true,
+                Some(false) => {}
+                None => undecided = true,
+            }
+        }
+        match (matched, undecided) {
+            (true, _) => Some(true),
+            (false, true) => None,
+            (false, false) => Some(false),
+        }
     }
 
     /// The full check of every presented form (PBKDF2: for a blocking thread).

@@ -158,11 +158,16 @@ impl Connection {
         let connection = self.watcher.watch(connection);
         tokio::pin!(connection);
         // A phase can start between two looks, so look again at least this often.
-        let step = self.limits.header_read_timeout.min(self.limits.idle_timeout);
+        let step = self
+            .limits
+            .header_read_timeout
+            .min(self.limits.idle_timeout);
         loop {
             let wake = activity
                 .deadline(&self.limits)
-                .map_or(Instant::now() + step, |(_, due)| due.min(Instant::now() + step));
+                .map_or(Instant::now() + step, |(_, due)| {
+                    due.min(Instant::now() + step)
+                });
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {

@@ -19,8 +19,8 @@ use super::config::{BOOTSTRAP_TOKEN, CLIENT_CREDENTIALS};
 use super::error::{ErrorKind, NO_STORE_JSON, OAuthError};
 use super::params::{BodyFormat, Params};
 use super::registry::Client;
-use crate::{policy, resource};
 use crate::token::{Claims, NOT_BEFORE_SKEW_SECS, TOKEN_VERSION, bootstrap_claims, new_jti};
+use crate::{policy, resource};
 
 /// Token requests are a few hundred bytes; anything near this is not one.
 const MAX_BODY: usize = 64 * 1024;
@@ -94,7 +94,8 @@ pub async fn handle(state: &State, request: Request) -> Response {
             match error.kind {
                 ErrorKind::KeysUnavailable => tracing::warn!(grant, "{}", error.description),
                 // Logged where the client and the peer are known (`guard`).
-                ErrorKind::WrongSecret | ErrorKind::ClientNotFound | ErrorKind::TooManyAttempts => {}
+                ErrorKind::WrongSecret | ErrorKind::ClientNotFound | ErrorKind::TooManyAttempts => {
+                }
                 // The code says what was wrong; the request's content is not logged.
                 _ => tracing::debug!(grant, code = error.kind.code(), "token request refused"),
             }
@@ -127,8 +128,9 @@ async fn respond(state: &State, request: Request) -> (&'static str, Result<Issue
         Some(CLIENT_CREDENTIALS) => CLIENT_CREDENTIALS,
         Some(BOOTSTRAP_TOKEN) => BOOTSTRAP_TOKEN,
         Some(_) => {
-            let description =
-                format!("grant_type is not supported; use {CLIENT_CREDENTIALS} or {BOOTSTRAP_TOKEN}");
+            let description = format!(
+                "grant_type is not supported; use {CLIENT_CREDENTIALS} or {BOOTSTRAP_TOKEN}"
+            );
             return (
                 "other",
                 Err(OAuthError::new(

@@ -84,7 +84,10 @@ fn guessing_is_throttled_per_client_and_source() {
     };
     assert!(warned("wrong client secret"), "{logs}");
     assert!(warned("throttling"), "{logs}");
-    assert!(!logs.contains(GUESS) && !logs.contains(SEED_SECRET), "{logs}");
+    assert!(
+        !logs.contains(GUESS) && !logs.contains(SEED_SECRET),
+        "{logs}"
+    );
 }
 
 /// Parallel guesses do not race past the throttle: they queue for the hash, and each looks at
@@ -105,8 +108,16 @@ fn parallel_guesses_cost_at_most_the_burst() {
             .collect();
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
-    assert_eq!(statuses.iter().filter(|&&s| s == 401).count(), 2, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 10, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 401).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 429).count(),
+        10,
+        "{statuses:?}"
+    );
     assert_eq!(server.metrics.secret_hashes.get(), 2);
 }
 
@@ -129,7 +140,11 @@ fn slow_hashes_stay_off_the_workers() {
         "{SEED_CONFIG}{SLOW_CLIENT}  throttle: {{enabled: false}}\n"
     ));
     let address = server.address.clone();
-    let guess = token_post(&address, "slow-client:wrong", "grant_type=client_credentials");
+    let guess = token_post(
+        &address,
+        "slow-client:wrong",
+        "grant_type=client_credentials",
+    );
     let unrelated = token_post(
         &address,
         "client3x3mPl3:s3cr3Tp@ass",

@@ -154,6 +154,15 @@ impl Server {
         }
     }
 
+    /// Connections closed (or answered 408) because `phase` ran out, as `/metrics` shows it.
+    pub fn connection_timeouts(&self, phase: &str) -> f64 {
+        let sample = format!("token_endpoint_connection_timeouts_total{{phase=\"{phase}\"}} ");
+        self.metrics_text()
+            .lines()
+            .find_map(|line| line.strip_prefix(&sample)?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// The text exposition of this server's metrics.
     pub fn metrics_text(&self) -> String {
         let mut text = String::new();
