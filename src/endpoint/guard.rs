@@ -39,12 +39,11 @@ impl Guard {
         peer: Option<IpAddr>,
         metrics: &EndpointMetrics,
     ) -> Result<Arc<Client>, OAuthError> {
-        let from = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
         let client = match clients.find(&credentials) {
             Ok(client) => client.clone(),
             Err(error) => {
                 // The id is the peer's text, not a client's: not logged.
-                tracing::info!(peer = %from, "unknown client");
+                tracing::info!(peer = %shown(peer), "unknown client");
                 return Err(error);
             }
         };
@@ -74,6 +73,7 @@ impl Guard {
             .throttle
             .as_ref()
             .is_some_and(|throttle| throttle.failed(&key, Instant::now()));
+        let from = shown(peer);
         tracing::warn!(client_id = %client.id, peer = %from, "wrong client secret");
         if now_blocked {
             tracing::warn!(
@@ -109,6 +109,11 @@ impl Guard {
         error.retry_after = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
         Err(error)
     }
+}
+
+/// The peer's address for a log line.
+fn shown(peer: Option<IpAddr>) -> String {
+    peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
 }
 
 /// Client id and source address (none when the router runs without a socket).
