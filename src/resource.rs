@@ -158,6 +158,12 @@ impl BootstrapToken {
     }
 }
 
+/// The grammar of `spec.serviceId` (the schema above: 1 to 253 characters matching
+/// `^[!-~]+$`, printable ASCII without spaces), for every other place a service id comes from.
+pub fn valid_service_id(id: &str) -> bool {
+    (1..=253).contains(&id.len()) && id.bytes().all(|b| (b'!'..=b'~').contains(&b))
+}
+
 /// The CRD as YAML, exactly what `make manifests` writes to `crds/`.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
@@ -170,6 +176,44 @@ pub fn crd_yaml() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::valid_service_id;
+
+    #[test]
+    fn service_id_grammar() {
+        let longest = "a".repeat(253);
+        for good in ["com.networknt.petstore-1.0.0", "a", "!~", &longest] {
+            assert!(valid_service_id(good), "{good:?} should be valid");
+        }
+        let too_long = "a".repeat(254);
+        for bad in [
+            "",
+            " ",
+            "com.a b",
+            "com.a\u{202E}b",
+            "com.a\u{2028}b",
+            "com.a\u{200B}b",
+            "\u{FEFF}com.a",
+            "com.\u{e9}t\u{e9}",
+            "com.a\tb",
+            "com.a\nb",
+            "com.a\u{7F}",
+            &too_long,
+        ] {
+            assert!(!valid_service_id(bad), "{bad:?} should be refused");
+        }
+    }
+
+    /// The function and the CRD's schema state the same grammar.
+    #[test]
+    fn service_id_grammar_is_the_schemas() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(super::BootstrapToken::crd()).unwrap();
+        let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["serviceId"];
+        assert_eq!(field["minLength"], 1, "{field}");
+        assert_eq!(field["maxLength"], 253, "{field}");
+        assert_eq!(field["pattern"], "^[!-~]+$", "{field}");
+    }
     #[test]
     fn crd_file_is_generated_from_the_type() {
         let on_disk = include_str!("../crds/bootstraptokens.bootstraptoken.dev.yaml");

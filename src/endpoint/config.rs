@@ -47,8 +47,8 @@ pub struct EndpointConfig {
     /// Paths that answer like `/oauth2/token`, for clients written against other servers.
     #[serde(default)]
     pub extra_token_paths: Vec<String>,
-    /// Base URL clients reach the endpoint at, for the discovery document; default from the
-    /// request's `Host` header.
+    /// Base URL clients reach the endpoint at, for the RFC 8414 discovery document. Without it
+    /// the document is not served (404): nothing a request says is used to build it.
     #[serde(default)]
     pub public_url: Option<String>,
     /// `realm` of the `WWW-Authenticate` header on 401 answers.
@@ -63,6 +63,56 @@ pub struct EndpointConfig {
     pub reuse: ReuseConfig,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+    /// Slow client-secret hashes (PBKDF2) verified at once, each on a blocking thread, never on
+    /// the async workers; further checks wait their turn.
+    #[serde(default = "default_hash_concurrency")]
+    pub hash_concurrency: usize,
+}
+
+/// What one connection may hold: a peer that sends nothing, a partial request or a short body
+/// is closed after these, and connections past `max` are closed as soon as they are accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Open connections at once (TLS handshakes included).
+    #[serde(default = "default_max_connections")]
+    pub max: usize,
+    /// From the first byte of a request until its head (request line and headers) is complete.
+    #[serde(default = "default_timeout", with = "duration::serde_go")]
+    pub header_read_timeout: Duration,
+    /// From the end of the head until the whole body has arrived.
+    #[serde(default = "default_timeout", with = "duration::serde_go")]
+    pub body_timeout: Duration,
+    /// How long a connection may wait with no request: after it is accepted (or its handshake
+    /// completes) and after each answer.
+    #[serde(default = "default_idle_timeout", with = "duration::serde_go")]
+    pub idle_timeout: Duration,
+    /// The TLS handshake, from the connection's acceptance.
+    #[serde(default = "default_timeout", with = "duration::serde_go")]
+    pub tls_handshake_timeout: Duration,
+}
+
+/// Online guessing (RFC 6749 §2.3.1): failed authentications are counted per client id and
+/// source address (an IPv6 source by its /64); past `burst` of them, that client is answered
+/// 429 from that source, without checking the secret, until one more attempt has accrued.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ThrottleConfig {
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// Failed authentications allowed in a row.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// One more attempt accrues per interval, up to `burst`.
+    #[serde(default = "default_throttle_interval", with = "duration::serde_go")]
+    pub interval: Duration,
+    /// (client, source) pairs remembered at once; the least recently failed is forgotten first.
+    #[serde(default = "default_max_tracked")]
+    pub max_tracked: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +178,27 @@ fn default_reload_interval() -> Duration {
 fn default_grant_types() -> Vec<Grant> {
     vec![Grant::ClientCredentials]
 }
+fn default_hash_concurrency() -> usize {
+    1
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_burst() -> u32 {
+    5
+}
+fn default_throttle_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_tracked() -> usize {
+    10_000
+}
 
 impl Default for EndpointConfig {
     fn default() -> Self {
@@ -142,6 +213,32 @@ impl Default for EndpointConfig {
             access_token_lifetime: default_access_lifetime(),
             reuse: ReuseConfig::default(),
             clients: Vec::new(),
+            connections: ConnectionsConfig::default(),
+            throttle: ThrottleConfig::default(),
+            hash_concurrency: default_hash_concurrency(),
+        }
+    }
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max: default_max_connections(),
+            header_read_timeout: default_timeout(),
+            body_timeout: default_timeout(),
+            idle_timeout: default_idle_timeout(),
+            tls_handshake_timeout: default_timeout(),
+        }
+    }
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            enabled: true,
+            burst: default_burst(),
+            interval: default_throttle_interval(),
+            max_tracked: default_max_tracked(),
         }
     }
 }
@@ -166,6 +263,45 @@ const RESERVED_PATHS: [&str; 5] = [
 
 fn is_scope_word(scope: &str) -> bool {
     !scope.is_empty() && !scope.contains(char::is_whitespace)
+}
+
+/// Timeouts shorter than a second would cut off ordinary clients; longer than an hour would let
+/// stalled connections pile up.
+const TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
+impl ConnectionsConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=1_000_000).contains(&self.max) {
+            return Err("max: must be from 1 to 1000000".into());
+        }
+        for (field, value) in [
+            ("headerReadTimeout", self.header_read_timeout),
+            ("bodyTimeout", self.body_timeout),
+            ("idleTimeout", self.idle_timeout),
+            ("tlsHandshakeTimeout", self.tls_handshake_timeout),
+        ] {
+            if !TIMEOUT_RANGE.contains(&value) {
+                return Err(format!("{field}: must be from 1s to 1h"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ThrottleConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=1000).contains(&self.burst) {
+            return Err("burst: must be from 1 to 1000".into());
+        }
+        if !TIMEOUT_RANGE.contains(&self.interval) {
+            return Err("interval: must be from 1s to 1h".into());
+        }
+        if !(1..=10_000_000).contains(&self.max_tracked) {
+            return Err("maxTracked: must be from 1 to 10000000".into());
+        }
+        Ok(())
+    }
 }
 
 impl EndpointConfig {
@@ -211,6 +347,15 @@ impl EndpointConfig {
         }
         if self.access_token_lifetime < Duration::from_secs(1) {
             return Err("accessTokenLifetime: must be at least 1s".into());
+        }
+        self.connections
+            .validate()
+            .map_err(|why| format!("connections.{why}"))?;
+        self.throttle
+            .validate()
+            .map_err(|why| format!("throttle.{why}"))?;
+        if !(1..=64).contains(&self.hash_concurrency) {
+            return Err("hashConcurrency: must be from 1 to 64".into());
         }
         for (i, client) in self.clients.iter().enumerate() {
             self.validate_client(client)
@@ -298,6 +443,17 @@ mod tests {
             300
         );
         assert!(endpoint.clients.is_empty());
+        let connections = &endpoint.connections;
+        assert_eq!(connections.max, 1024);
+        assert_eq!(connections.header_read_timeout.as_secs(), 10);
+        assert_eq!(connections.body_timeout.as_secs(), 10);
+        assert_eq!(connections.idle_timeout.as_secs(), 60);
+        assert_eq!(connections.tls_handshake_timeout.as_secs(), 10);
+        assert!(endpoint.throttle.enabled);
+        assert_eq!(endpoint.throttle.burst, 5);
+        assert_eq!(endpoint.throttle.interval.as_secs(), 60);
+        assert_eq!(endpoint.throttle.max_tracked, 10_000);
+        assert_eq!(endpoint.hash_concurrency, 1);
     }
 
     #[test]
@@ -353,6 +509,15 @@ endpoint:
             ("endpoint:\n  publicUrl: example.com\n".into(), "endpoint.publicUrl"),
             ("endpoint:\n  accessTokenLifetime: 0s\n".into(), "endpoint.accessTokenLifetime"),
             ("endpoint:\n  prt: 1\n".into(), "prt"),
+            ("endpoint:\n  connections: {max: 0}\n".into(), "endpoint.connections.max"),
+            ("endpoint:\n  connections: {headerReadTimeout: 500ms}\n".into(), "endpoint.connections.headerReadTimeout"),
+            ("endpoint:\n  connections: {bodyTimeout: 2h}\n".into(), "endpoint.connections.bodyTimeout"),
+            ("endpoint:\n  connections: {idleTimeout: 0s}\n".into(), "endpoint.connections.idleTimeout"),
+            ("endpoint:\n  connections: {tlsHandshakeTimeout: 0s}\n".into(), "endpoint.connections.tlsHandshakeTimeout"),
+            ("endpoint:\n  throttle: {burst: 0}\n".into(), "endpoint.throttle.burst"),
+            ("endpoint:\n  throttle: {interval: 100ms}\n".into(), "endpoint.throttle.interval"),
+            ("endpoint:\n  throttle: {maxTracked: 0}\n".into(), "endpoint.throttle.maxTracked"),
+            ("endpoint:\n  hashConcurrency: 0\n".into(), "endpoint.hashConcurrency"),
             (client("      grantTypes: [password]\n"), "endpoint.clients[0].grantTypes[0]"),
             (client("      scopes: [\"a b\"]\n"), "endpoint.clients[0].scopes[0]"),
             (client("  reuse: {minRemaining: 10m}\n"), "endpoint.clients[0].tokenLifetime"),

@@ -34,6 +34,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     BodyTooLarge,
     NotFound,
+    TooManyAttempts,
+    RequestTimeout,
 }
 
 impl ErrorKind {
@@ -158,6 +160,19 @@ impl ErrorKind {
                 "REQUEST_BODY_TOO_LARGE",
             ),
             NotFound => (StatusCode::NOT_FOUND, "not_found", "ERR12908", "NOT_FOUND"),
+            // RFC 6585 §4; `slow_down` as RFC 8628 names "ask less often".
+            TooManyAttempts => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                "ERR12909",
+                "TOO_MANY_ATTEMPTS",
+            ),
+            RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                "ERR12910",
+                "REQUEST_TIMEOUT",
+            ),
         }
     }
 
@@ -178,14 +193,16 @@ pub const NO_STORE_JSON: [(HeaderName, &str); 3] = [
     (header::PRAGMA, "no-cache"),
 ];
 
-/// One error answer. The description never carries a secret or a token, only names and
-/// values the client sent in the clear (ids, scopes, audiences).
+/// One error answer. The description never carries a secret or a token, nor what an
+/// unauthenticated request sent: only fixed text and configured names.
 #[derive(Debug, Clone)]
 pub struct OAuthError {
     pub kind: ErrorKind,
     pub description: String,
     /// `realm` for the `WWW-Authenticate` header of 401 answers.
     pub realm: Option<String>,
+    /// Seconds for the `Retry-After` header (429 answers).
+    pub retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -194,6 +211,7 @@ impl OAuthError {
             kind,
             description: description.into(),
             realm: None,
+            retry_after: None,
         }
     }
 }
@@ -233,6 +251,17 @@ impl IntoResponse for OAuthError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, value);
             }
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may never come: the connection is not reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

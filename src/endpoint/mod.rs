@@ -5,11 +5,13 @@
 mod auth;
 mod config;
 mod error;
+mod guard;
 mod metrics;
 mod params;
 mod publish;
 mod registry;
 mod secret;
+mod server;
 mod tls;
 mod token;
 
@@ -18,11 +20,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Request};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
-pub use config::{ClientConfig, EndpointConfig, Grant, ReuseConfig, TlsConfig};
+pub use config::{
+    ClientConfig, ConnectionsConfig, EndpointConfig, Grant, ReuseConfig, ThrottleConfig, TlsConfig,
+};
 pub use metrics::{EndpointMetrics, RequestLabels};
 pub use secret::{SecretKeyRef, SecretSource};
 
@@ -39,6 +43,7 @@ pub struct State {
     reuse: token::ReuseCache,
     published: tokio::sync::OnceCell<Published>,
     tls: Option<Arc<tls::CertReloader>>,
+    guard: guard::Guard,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,7 @@ impl State {
             )),
             None => None,
         };
+        let guard = guard::Guard::new(&config);
         Ok(State {
             issuer,
             config,
@@ -73,6 +79,7 @@ impl State {
             reuse: token::ReuseCache::default(),
             published: tokio::sync::OnceCell::new(),
             tls,
+            guard,
         })
     }
 
@@ -114,29 +121,14 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes, then lets requests in flight finish.
+/// Serves until `shutdown` completes, then lets requests in flight finish; connections are
+/// capped and timed out as `endpoint.connections` says.
 pub async fn serve(
     state: Arc<State>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state.clone());
-    match state.tls.clone() {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(tls) => {
-            let listener = tls.listener(listener)?;
-            let watching = tokio::spawn(tls.watch());
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await;
-            watching.abort();
-            result
-        }
-    }
+    server::run(state, listener, shutdown).await
 }
 
 async fn token_request(
@@ -175,44 +167,37 @@ async fn certificate(
         }
         Some(Err(error)) => OAuthError::new(
             ErrorKind::SigningUnavailable,
-            format!("the certificate of key {kid:?} cannot be signed now: {error}"),
+            format!("the certificate cannot be signed now: {error}"),
         )
         .into_response(),
-        None => {
-            OAuthError::new(ErrorKind::NotFound, format!("no key with kid {kid:?}")).into_response()
-        }
+        None => OAuthError::new(
+            ErrorKind::NotFound,
+            "no key with that kid; /oauth2/keys lists the keys",
+        )
+        .into_response(),
     }
 }
 
-async fn metadata(
-    axum::extract::State(state): axum::extract::State<Arc<State>>,
-    headers: HeaderMap,
-) -> Response {
-    let endpoint = &state.config;
-    let base = match &endpoint.public_url {
-        Some(url) => url.clone(),
-        None => {
-            let scheme = if state.tls.is_some() { "https" } else { "http" };
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']))
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("localhost:{}", endpoint.port));
-            format!("{scheme}://{host}")
-        }
+/// Built from configuration only: a request's `Host` header never shapes the document.
+async fn metadata(axum::extract::State(state): axum::extract::State<Arc<State>>) -> Response {
+    let Some(base) = &state.config.public_url else {
+        return OAuthError::new(
+            ErrorKind::NotFound,
+            "the discovery document is served only when endpoint.publicUrl is set to the URL clients reach this endpoint at",
+        )
+        .into_response();
     };
-    let body = serde_json::to_vec(&Metadata::new(&state.issuer.profile().issuer, &base))
+    let body = serde_json::to_vec(&Metadata::new(&state.issuer.profile().issuer, base))
         .unwrap_or_default();
     ([JSON], body).into_response()
 }
 
 const JSON: (HeaderName, &str) = (header::CONTENT_TYPE, "application/json");
 
-async fn get_only(request: Request) -> Response {
+async fn get_only() -> Response {
     let error = OAuthError::new(
         ErrorKind::MethodNotAllowed,
-        format!("{} is not allowed here; use GET", request.method()),
+        "only GET and HEAD are allowed here",
     );
     let mut response = error.into_response();
     response
@@ -221,7 +206,6 @@ async fn get_only(request: Request) -> Response {
     response
 }
 
-async fn not_found(request: Request) -> Response {
-    let description = format!("no such endpoint: {}", request.uri().path());
-    OAuthError::new(ErrorKind::NotFound, description).into_response()
+async fn not_found() -> Response {
+    OAuthError::new(ErrorKind::NotFound, "no such endpoint").into_response()
 }

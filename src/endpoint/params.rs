@@ -48,14 +48,31 @@ impl Params {
                 }
                 Ok(params)
             }
-            BodyFormat::Json => serde_json::from_slice::<JsonParams>(body)
-                .map(|json| json.0)
-                .map_err(|e| {
-                    OAuthError::new(
+            BodyFormat::Json => {
+                // serde's message for a body that is not an object quotes it (a bare string
+                // whole): refused here first, so every message left is one of ours.
+                if body.trim_ascii_start().first() != Some(&b'{') {
+                    return Err(OAuthError::new(
                         ErrorKind::UnparsableBody,
-                        format!("the JSON body is not a flat object of strings: {e}"),
-                    )
-                }),
+                        "the JSON body must be an object",
+                    ));
+                }
+                serde_json::from_slice::<JsonParams>(body)
+                    .map(|json| json.0)
+                    .map_err(|e| {
+                        let description = if e.is_data() {
+                            // Our own messages, naming a parameter.
+                            format!("the JSON body is not a flat object of strings: {e}")
+                        } else {
+                            format!(
+                                "the JSON body is not valid JSON (line {}, column {})",
+                                e.line(),
+                                e.column()
+                            )
+                        };
+                        OAuthError::new(ErrorKind::UnparsableBody, description)
+                    })
+            }
         }
     }
 
@@ -186,6 +203,8 @@ mod tests {
         assert_eq!(params.normalized().sid, None);
         for bad in [
             &br#"{"grant_type":1}"#[..],
+            br#""a bare string""#,
+            b"  42",
             br#"["grant_type"]"#,
             br#"{"scope":"a","scope":"b"}"#,
             b"{",
@@ -196,6 +215,22 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// Only fixed text and parameter names come back, never what the body held.
+    #[test]
+    fn json_errors_do_not_quote_the_body() {
+        for bad in [
+            &br#""ZQXMARKER""#[..],
+            br#"["ZQXMARKER"]"#,
+            br#"{"grant_type":"ZQXMARKER","ZQXMARKER":1,"scope":["ZQXMARKER"]}"#,
+            br#"{"grant_type":"ZQXMARKER\q"}"#,
+            br#"{"ZQXMARKER"}"#,
+            br#"{"client_id":"a","client_id":"ZQXMARKER"}"#,
+        ] {
+            let err = Params::parse(BodyFormat::Json, bad).unwrap_err();
+            assert!(!err.description.contains("ZQX"), "{}", err.description);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The clients the endpoint knows, with their secrets resolved to verifiers at start.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::auth::Credentials;
@@ -26,11 +27,36 @@ impl Client {
             Grant::BootstrapToken => self.bootstrap_token,
         }
     }
+
+    /// Whether one of the presented secret forms is this client's, if that can be told without
+    /// the slow hash. Every form is checked, so the time taken does not say which one came close.
+    pub fn check_fast(&self, credentials: &Credentials) -> Option<bool> {
+        let (mut matched, mut undecided) = (false, false);
+        for secret in credentials.secrets() {
+            match self.verifier.check_fast(secret) {
+                Some(true) => matched = true,
+                Some(false) => {}
+                None => undecided = true,
+            }
+        }
+        match (matched, undecided) {
+            (true, _) => Some(true),
+            (false, true) => None,
+            (false, false) => Some(false),
+        }
+    }
+
+    /// The full check of every presented form (PBKDF2: for a blocking thread).
+    pub fn check_slow(&self, credentials: &Credentials) -> bool {
+        credentials.secrets().fold(false, |matched, secret| {
+            self.verifier.check_slow(secret) | matched
+        })
+    }
 }
 
 #[derive(Debug)]
 pub struct Clients {
-    by_id: HashMap<String, Client>,
+    by_id: HashMap<String, Arc<Client>>,
 }
 
 impl Clients {
@@ -59,7 +85,7 @@ impl Clients {
                 .map_err(|why| format!("endpoint.clients[{i}].clientSecret: {why}"))?;
             by_id.insert(
                 entry.client_id.clone(),
-                Client {
+                Arc::new(Client {
                     id: entry.client_id.clone(),
                     verifier,
                     client_credentials: grants.contains(&Grant::ClientCredentials),
@@ -67,30 +93,18 @@ impl Clients {
                     scopes: entry.scopes.clone(),
                     audiences: entry.audiences.clone(),
                     lifetime: endpoint.lifetime_of(entry),
-                },
+                }),
             );
         }
         Ok(Clients { by_id })
     }
 
-    /// The client the credentials name, if one of the presented secret forms is its secret.
-    pub fn authenticate(&self, credentials: &Credentials) -> Result<&Client, OAuthError> {
-        let client = credentials
+    /// The client the credentials name; its secret is checked apart (`guard`).
+    pub fn find(&self, credentials: &Credentials) -> Result<&Arc<Client>, OAuthError> {
+        credentials
             .ids
             .iter()
             .find_map(|id| self.by_id.get(id))
-            .ok_or_else(|| OAuthError::new(ErrorKind::ClientNotFound, "unknown client"))?;
-        // Every form is checked, so the time taken does not say which one came close.
-        let matched = credentials.secrets().fold(false, |matched, secret| {
-            client.verifier.matches(secret) | matched
-        });
-        if matched {
-            Ok(client)
-        } else {
-            Err(OAuthError::new(
-                ErrorKind::WrongSecret,
-                format!("wrong secret for client {}", client.id),
-            ))
-        }
+            .ok_or_else(|| OAuthError::new(ErrorKind::ClientNotFound, "unknown client"))
     }
 }

@@ -88,7 +88,8 @@ pub enum Verifier {
         salt: Vec<u8>,
         hash: Vec<u8>,
         /// SHA-256 of the secret once it has passed PBKDF2: a client that authenticates on every
-        /// request pays the slow hash once, while wrong guesses always pay it.
+        /// request pays the slow hash once. Wrong guesses pay it each time, which is why they are
+        /// throttled and hashed off the async workers (see `guard`).
         verified: OnceLock<[u8; 32]>,
     },
 }
@@ -143,33 +144,47 @@ impl Verifier {
         Verifier::Sha256(sha256(secret))
     }
 
-    /// Constant time in the secret's content: digests of equal length are compared.
-    pub fn matches(&self, presented: &[u8]) -> bool {
+    /// Whether `presented` is the secret, if that can be told without the slow hash: always for
+    /// a SHA-256 hash; for PBKDF2 only when it is the secret verified before. Constant time in
+    /// the secret's content: digests of equal length are compared.
+    pub fn check_fast(&self, presented: &[u8]) -> Option<bool> {
+        let digest = sha256(presented);
         match self {
             Verifier::Sha256(expected) => {
-                constant_time::verify_slices_are_equal(&sha256(presented), expected).is_ok()
+                Some(constant_time::verify_slices_are_equal(&digest, expected).is_ok())
             }
+            Verifier::Pbkdf2 { verified, .. } => verified
+                .get()
+                .filter(|known| constant_time::verify_slices_are_equal(&digest, *known).is_ok())
+                .map(|_| true),
+        }
+    }
+
+    /// The full check: PBKDF2 (slow, so for a blocking thread), remembering a secret that passes.
+    pub fn check_slow(&self, presented: &[u8]) -> bool {
+        match self {
+            Verifier::Sha256(_) => self.check_fast(presented) == Some(true),
             Verifier::Pbkdf2 {
                 iterations,
                 salt,
                 hash,
                 verified,
             } => {
-                let digest = sha256(presented);
-                if let Some(known) = verified.get()
-                    && constant_time::verify_slices_are_equal(&digest, known).is_ok()
-                {
-                    return true;
-                }
                 let ok =
                     pbkdf2::verify(pbkdf2::PBKDF2_HMAC_SHA1, *iterations, salt, presented, hash)
                         .is_ok();
                 if ok {
-                    let _ = verified.set(digest);
+                    let _ = verified.set(sha256(presented));
                 }
                 ok
             }
         }
+    }
+
+    #[cfg(test)]
+    fn matches(&self, presented: &[u8]) -> bool {
+        self.check_fast(presented)
+            .unwrap_or_else(|| self.check_slow(presented))
     }
 }
 
@@ -215,9 +230,12 @@ mod tests {
             "1000:2f0a5e1c9b7d4e3fa1c28b6d0e9f7a13:172ff0a9dc510b51d741be19071cb5d558d424b2965d64df6a2e91b99380f0479a171a84ae2b57ea8641a612f2fd0cb5306d3ff47559cdda8970f999a23700c0",
         )
         .unwrap();
+        assert_eq!(verifier.check_fast(b"secret"), None, "not verified yet");
         assert!(verifier.matches(b"secret"));
         assert!(!verifier.matches(b"Secret"));
-        // The second check takes the remembered digest; wrong secrets still fail.
+        // The second check takes the remembered digest; wrong secrets still need the slow hash.
+        assert_eq!(verifier.check_fast(b"secret"), Some(true));
+        assert_eq!(verifier.check_fast(b"Secret"), None);
         assert!(verifier.matches(b"secret"));
         assert!(!verifier.matches(b"Secret"));
     }

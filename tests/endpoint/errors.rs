@@ -508,3 +508,114 @@ fn keys_unavailable_is_503() {
         assert_eq!(reply.json()["error"], "temporarily_unavailable");
     }
 }
+
+/// The bootstrap_token grant takes the service ids a BootstrapToken may name, and no others:
+/// 1 to 253 printable ASCII characters without spaces (`resource::valid_service_id`).
+#[test]
+fn sid_grammar_is_the_crds() {
+    let server = Server::start(SEED_CONFIG);
+    let request = |sid: &str| {
+        let encoded: String = form_urlencoded::byte_serialize(sid.as_bytes()).collect();
+        curl(&[
+            "-u",
+            &format!("{BOOTSTRAP_ID}:{SEED_SECRET}"),
+            "-d",
+            &format!("grant_type=bootstrap_token&sid={encoded}"),
+            &format!("{}/oauth2/token", server.url),
+        ])
+    };
+    let longest = format!("com.networknt.{}", "a".repeat(253 - 14));
+    let (_, claims) = request(&longest).token();
+    assert_eq!(claims["sid"], longest.as_str());
+    for bad in [
+        "com.networknt.a b".to_string(),
+        "com.networknt.a\u{202E}b".into(),
+        "com.networknt.a\u{2028}b".into(),
+        "com.networknt.a\u{200B}b".into(),
+        "com.networknt.\u{FEFF}a".into(),
+        "com.networknt.caf\u{e9}".into(),
+        "com.networknt.a\tb".into(),
+        format!("{longest}a"),
+    ] {
+        let reply = request(&bad);
+        assert_eq!(reply.status, 400, "{bad:?}: {}", reply.body);
+        assert_eq!(reply.json()["code"], "ERR12901", "{bad:?}");
+    }
+}
+
+/// What a request carries is never quoted back, nor logged: errors say what was wrong in fixed
+/// words and configured names.
+#[test]
+fn request_content_is_never_echoed() {
+    const MARK: &str = "ZQXMARKER";
+    let server = Server::start(SEED_CONFIG);
+    let token = format!("{}/oauth2/token", server.url);
+    let bootstrap = format!("{BOOTSTRAP_ID}:{SEED_SECRET}");
+    let json = "Content-Type: application/json";
+    let wrong_secret = format!("{SEED1_ID}:ZQXMARKER");
+    let keys = format!("{}/oauth2/keys", server.url);
+    let nowhere = format!("{}/ZQXMARKER", server.url);
+    let no_kid = format!("{}/oauth2/key/ZQXMARKER", server.url);
+    let requests: [&[&str]; 12] = [
+        &["-H", SEED1_BASIC, "-H", json, "-d", "\"ZQXMARKER\"", &token],
+        &[
+            "-H",
+            SEED1_BASIC,
+            "-H",
+            json,
+            "-d",
+            "[\"ZQXMARKER\"]",
+            &token,
+        ],
+        &[
+            "-H",
+            SEED1_BASIC,
+            "-H",
+            json,
+            "-d",
+            "{\"grant_type\":\"ZQXMARKER\"",
+            &token,
+        ],
+        &["-H", SEED1_BASIC, "-d", "grant_type=ZQXMARKER", &token],
+        &[
+            "-H",
+            SEED1_BASIC,
+            "-d",
+            "grant_type=client_credentials&scope=ZQXMARKER",
+            &token,
+        ],
+        &[
+            "-u",
+            "ZQXMARKER:secret",
+            "-d",
+            "grant_type=client_credentials",
+            &token,
+        ],
+        &[
+            "-u",
+            &wrong_secret,
+            "-d",
+            "grant_type=client_credentials",
+            &token,
+        ],
+        &[
+            "-u",
+            &bootstrap,
+            "-d",
+            "grant_type=bootstrap_token&sid=ZQXMARKER%20x",
+            &token,
+        ],
+        &["-X", "ZQXMARKER", &token],
+        &["-X", "ZQXMARKER", &keys],
+        &[&nowhere],
+        &[&no_kid],
+    ];
+    for args in requests {
+        let reply = curl(args);
+        assert!(reply.status >= 400, "{args:?}: {}", reply.body);
+        assert!(!reply.body.contains(MARK), "{args:?}: {}", reply.body);
+    }
+    let logs = server.logs();
+    assert!(logs.contains("token request refused"), "{logs}");
+    assert!(!logs.contains(MARK), "{logs}");
+}

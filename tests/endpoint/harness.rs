@@ -1,8 +1,10 @@
 //! A real endpoint on 127.0.0.1:0, in its own runtime thread, and `curl` to talk to it.
 
+use std::io::{Read, Write};
 use std::process::Command;
-use std::sync::{Arc, LazyLock, mpsc};
+use std::sync::{Arc, LazyLock, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -70,8 +72,11 @@ pub static KEYS: LazyLock<KeySet> = LazyLock::new(|| {
 
 pub struct Server {
     pub url: String,
+    /// `127.0.0.1:port`
+    pub address: String,
     pub metrics: EndpointMetrics,
     registry: Arc<Registry>,
+    logs: Logs,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -90,10 +95,17 @@ impl Server {
         let tls = config.endpoint.tls.is_some();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let logs = Logs::default();
+        let dispatch = logs.dispatch();
         let thread = std::thread::spawn(move || {
+            // Every thread of the server's runtime, blocking ones too, logs into `logs`.
+            let _logging = tracing::dispatcher::set_default(&dispatch);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
+                .on_thread_start(move || {
+                    std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+                })
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
@@ -121,11 +133,36 @@ impl Server {
         let scheme = if tls { "https" } else { "http" };
         Server {
             url: format!("{scheme}://127.0.0.1:{port}"),
+            address: format!("127.0.0.1:{port}"),
             metrics,
             registry,
+            logs,
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// Everything the server logged so far, at every level.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.logs.0.lock().unwrap()).into_owned()
+    }
+
+    /// Polls `condition` until it holds; panics naming `what` after `within`.
+    pub fn wait_for(&self, what: &str, within: Duration, condition: impl Fn(&Server) -> bool) {
+        let deadline = Instant::now() + within;
+        while !condition(self) {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Connections closed (or answered 408) because `phase` ran out, as `/metrics` shows it.
+    pub fn connection_timeouts(&self, phase: &str) -> f64 {
+        let sample = format!("token_endpoint_connection_timeouts_total{{phase=\"{phase}\"}} ");
+        self.metrics_text()
+            .lines()
+            .find_map(|line| line.strip_prefix(&sample)?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// The text exposition of this server's metrics.
@@ -149,6 +186,55 @@ impl Drop for Server {
             panic!("the server thread panicked");
         }
     }
+}
+
+/// A log sink shared by the server's threads.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn dispatch(&self) -> tracing::Dispatch {
+        let sink = self.clone();
+        tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(move || sink.clone())
+                .finish(),
+        )
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) on a new connection and
+/// reads the answer to its end.
+pub fn exchange(address: &str, request: &str) -> Reply {
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    parse_reply(&String::from_utf8_lossy(&answer))
+}
+
+/// A form POST to `/oauth2/token` for [`exchange`].
+pub fn token_post(address: &str, credentials: &str, form: &str) -> String {
+    format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nAuthorization: Basic {credentials}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
 }
 
 #[derive(Debug)]

@@ -112,40 +112,46 @@ fn certificate_per_kid() {
     assert_eq!(again.body, first.body, "built once, not per request");
 }
 
+/// RFC 8414 metadata comes from configuration only: without `publicUrl` it is not served, and
+/// a request's `Host` header never shapes it.
 #[test]
 fn authorization_server_metadata() {
-    let server = Server::start(SEED_CONFIG);
-    let reply = curl(&[&format!(
-        "{}/.well-known/oauth-authorization-server",
-        server.url
-    )]);
-    assert_eq!(reply.status, 200);
+    let unset = Server::start(SEED_CONFIG);
+    let path = "/.well-known/oauth-authorization-server";
+    let reply = curl(&["-H", "Host: evil.example", &format!("{}{path}", unset.url)]);
+    assert_eq!(reply.status, 404);
     let json = reply.json();
-    assert_eq!(json["issuer"], "urn:com:networknt:oauth2:v1");
-    assert_eq!(
-        json["token_endpoint"],
-        format!("{}/oauth2/token", server.url)
+    assert_eq!(json["code"], "ERR12908");
+    assert!(
+        json["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("endpoint.publicUrl"),
+        "{json}"
     );
-    assert_eq!(json["jwks_uri"], format!("{}/oauth2/keys", server.url));
-    assert_eq!(
-        json["grant_types_supported"],
-        serde_json::json!(["client_credentials", "bootstrap_token"])
-    );
-    assert_eq!(
-        json["token_endpoint_auth_methods_supported"],
-        serde_json::json!(["client_secret_basic", "client_secret_post"])
-    );
+    assert!(!reply.body.contains("evil"), "{}", reply.body);
 
-    let configured = Server::start(&format!(
+    let server = Server::start(&format!(
         "{SEED_CONFIG}  publicUrl: https://tokens.example.com/\n"
     ));
-    let json = curl(&[&format!(
-        "{}/.well-known/oauth-authorization-server",
-        configured.url
-    )])
-    .json();
-    assert_eq!(
-        json["token_endpoint"],
-        "https://tokens.example.com/oauth2/token"
-    );
+    for host in ["Host: evil.example", "Host: 127.0.0.1"] {
+        let reply = curl(&["-H", host, &format!("{}{path}", server.url)]);
+        assert_eq!(reply.status, 200);
+        assert!(!reply.body.contains("evil"), "{}", reply.body);
+        let json = reply.json();
+        assert_eq!(json["issuer"], "urn:com:networknt:oauth2:v1");
+        assert_eq!(
+            json["token_endpoint"],
+            "https://tokens.example.com/oauth2/token"
+        );
+        assert_eq!(json["jwks_uri"], "https://tokens.example.com/oauth2/keys");
+        assert_eq!(
+            json["grant_types_supported"],
+            serde_json::json!(["client_credentials", "bootstrap_token"])
+        );
+        assert_eq!(
+            json["token_endpoint_auth_methods_supported"],
+            serde_json::json!(["client_secret_basic", "client_secret_post"])
+        );
+    }
 }

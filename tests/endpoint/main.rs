@@ -1,11 +1,14 @@
 //! The token endpoint over real HTTP on 127.0.0.1: seeds replayed with curl, real OAuth 2.0
-//! client libraries, independent JWT verification, every error row, TLS, re-use and a property
-//! test over request parsing. No Kubernetes needed: keys come from `KeyProvider::from_keys`.
+//! client libraries, independent JWT verification, every error row, TLS, re-use, a property
+//! test over request parsing, and the README's Security promises (connection floods, guessing,
+//! slow hashes). No Kubernetes needed: keys come from `KeyProvider::from_keys`.
 
 mod clients;
 mod errors;
+mod guessing;
 mod harness;
 mod keys;
+mod limits;
 mod props;
 mod reuse;
 mod seeds;

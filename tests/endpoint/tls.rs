@@ -83,6 +83,20 @@ fn curl_with_ca(ca: &Path, url: &str) -> Option<Reply> {
         .then(|| parse_reply(&String::from_utf8_lossy(&output.stdout)))
 }
 
+/// A rustls client that trusts `ca` (PEM) alone.
+fn client_config(ca: &str) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = pem::parse(ca.as_bytes()).unwrap().into_contents();
+    roots.add(ca_der.into()).unwrap();
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 #[test]
 fn https_with_curl_and_the_certificate_reloads() {
     let dir = Dir::new();
@@ -140,18 +154,8 @@ async fn rust_oauth2_crate_over_tls() {
         .await
         .unwrap();
 
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_der = pem::parse(ca.as_bytes()).unwrap().into_contents();
-    roots.add(ca_der.into()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
+        .use_preconfigured_tls(client_config(&ca))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
@@ -197,4 +201,90 @@ async fn unusable_certificate_fails_at_start() {
             .err()
             .expect("a key that does not match the certificate is refused");
     assert!(error.to_string().starts_with("endpoint.tls:"), "{error}");
+}
+
+/// Over TLS too: a peer that never starts its handshake, one that stops after it, and one that
+/// sends part of a head after it are all closed in time, while a legitimate client is served.
+#[test]
+fn stalled_tls_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+
+    use crate::limits::{PARTIAL_HEAD, raise_open_files_limit, runtime, until_closed};
+
+    const PER_KIND: usize = 100;
+    raise_open_files_limit();
+    let dir = Dir::new();
+    let (ca, cert, key) = pki("flood");
+    let ca_path = dir.write("ca.pem", &ca);
+    dir.write("tls.crt", &cert);
+    dir.write("tls.key", &key);
+    let server = Server::start(&format!(
+        "{}  connections: {{headerReadTimeout: 3s, idleTimeout: 3s, tlsHandshakeTimeout: 3s}}\n",
+        tls_config(&dir)
+    ));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(&ca)));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let rt = runtime();
+    let opened = Instant::now();
+    let (silent, quiet, partial) = rt.block_on(async {
+        let (mut silent, mut quiet, mut partial) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..PER_KIND {
+            silent.push(
+                tokio::net::TcpStream::connect(&server.address)
+                    .await
+                    .unwrap(),
+            );
+            let tcp = tokio::net::TcpStream::connect(&server.address)
+                .await
+                .unwrap();
+            quiet.push(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .expect("handshake"),
+            );
+            let tcp = tokio::net::TcpStream::connect(&server.address)
+                .await
+                .unwrap();
+            let mut tls = connector
+                .connect(name.clone(), tcp)
+                .await
+                .expect("handshake");
+            tls.write_all(PARTIAL_HEAD.as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            partial.push(tls);
+        }
+        (silent, quiet, partial)
+    });
+    let url = format!("{}/oauth2/token", server.url);
+    curl_with_ca(&ca_path, &url)
+        .expect("a legitimate client is served during the flood")
+        .token();
+    assert!(
+        opened.elapsed() < Duration::from_secs(3),
+        "the flood was not held while the legitimate request ran"
+    );
+    let deadline = tokio::time::Instant::from_std(opened + Duration::from_secs(30));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for stream in silent {
+            tasks.push(tokio::spawn(until_closed(stream, deadline)));
+        }
+        for stream in quiet {
+            tasks.push(tokio::spawn(until_closed(stream, deadline)));
+        }
+        for stream in partial {
+            tasks.push(tokio::spawn(until_closed(stream, deadline)));
+        }
+        for (i, task) in tasks.into_iter().enumerate() {
+            assert!(
+                task.await.unwrap().is_some(),
+                "connection {i} open after 30 s"
+            );
+        }
+    });
+    for phase in ["handshake", "idle", "header"] {
+        let count = server.connection_timeouts(phase);
+        assert!(count >= PER_KIND as f64, "{phase}: {count} timeouts");
+    }
 }
