@@ -130,6 +130,10 @@ pub struct BootstrapTokenStatus {
     /// `jti` of the current token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
+    /// `iat` of the current token: the operator issues no new one within
+    /// `bootstrap.minReissueInterval` of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

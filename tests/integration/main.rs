@@ -3,6 +3,7 @@
 
 mod controller;
 mod gitops;
+mod hardening;
 mod install;
 mod operations;
 mod process;
