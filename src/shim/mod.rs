@@ -64,11 +64,11 @@ mod workload;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures::{StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, DynamicObject, PartialObjectMeta};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::controller;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -77,7 +77,6 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::backoff::Backoff;
 use crate::events::EventPublisher;
-use crate::resource::BootstrapToken;
 use crate::telemetry::ControllerMetrics;
 
 pub use reconcile::{error_policy, reconcile};
@@ -229,29 +228,40 @@ async fn run_kind<W: Workload>(
     namespaces: &[String],
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    let client = ctx.client.clone();
-    let apis: Vec<(Api<Meta<W>>, Api<PartialObjectMeta<BootstrapToken>>)> = if namespaces.is_empty()
-    {
-        vec![(Api::all(client.clone()), Api::all(client))]
+    let client = &ctx.client;
+    let scopes: Vec<Option<&String>> = if namespaces.is_empty() {
+        vec![None]
     } else {
-        namespaces
-            .iter()
-            .map(|ns| {
-                (
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                )
-            })
-            .collect()
+        namespaces.iter().map(Some).collect()
     };
-    let loops = apis.into_iter().map(|(workloads, tokens)| {
+    let loops = scopes.into_iter().map(|namespace| {
+        let (workloads, tokens) = match namespace {
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+        };
         let (store, writer) = reflector::store::<Meta<W>>();
         let queue = stream::select(
             watch::workload_triggers(workloads, writer, store.clone(), ctx.clone()),
             watch::token_triggers(tokens, store.clone()),
         )
         .take_until(shutdown.clone());
-        controller::applier(
+        // The applier starts reconciling once the first list succeeded, and until then it would
+        // outlive the shutdown (say, when the RBAC does not yet let the operator list this kind):
+        // then there is nothing in flight to finish, so it is dropped.
+        let unready_at_shutdown = {
+            let store = store.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.await;
+                if store.wait_until_ready().now_or_never().is_some() {
+                    futures::future::pending::<()>().await;
+                }
+            }
+        };
+        let applier = controller::applier(
             |d, ctx| {
                 CancelableJoinHandle::spawn(
                     reconcile::<W>(d, ctx),
@@ -272,7 +282,8 @@ async fn run_kind<W: Workload>(
                 }
                 Err(error) => tracing::debug!(%error, controller = W::CONTROLLER, "reconcile loop"),
             }
-        })
+        });
+        futures::future::select(Box::pin(applier), Box::pin(unready_at_shutdown))
     });
     futures::future::join_all(loops).await;
 }
