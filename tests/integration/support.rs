@@ -109,9 +109,17 @@ impl Operator {
             .sum()
     }
 
-    /// Reconciles of the Deployment shim so far.
+    /// Reconciles of the workload shim so far, every kind.
     pub fn shim_reconciles(&self) -> u64 {
-        self.ctx.metrics.reconcile_count(shim::CONTROLLER)
+        shim::CONTROLLERS
+            .into_iter()
+            .map(|controller| self.ctx.metrics.reconcile_count(controller))
+            .sum()
+    }
+
+    /// Reconciles of the shim's controller for one kind of workload so far.
+    pub fn shim_reconciles_of<W: shim::Workload>(&self) -> u64 {
+        self.ctx.metrics.reconcile_count(W::CONTROLLER)
     }
 
     pub async fn keys(&self) -> &bootstrap_token_operator::token::KeySet {
