@@ -3,6 +3,7 @@
 
 mod controller;
 mod gitops;
+mod image;
 mod install;
 mod operations;
 mod process;
