@@ -93,8 +93,8 @@ impl Drop for Container {
     }
 }
 
-/// A copy of `source` the container's user 65532 can read (the test control plane's files are
-/// root's).
+/// A copy of `source` that the container's user 65532 can read whatever umask the test control
+/// plane wrote its files with (they belong to the user running the tests).
 fn readable_copy(source: &Path, target: &Path) {
     std::fs::copy(source, target).unwrap();
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o644)).unwrap();
