@@ -4,6 +4,7 @@
 mod controller;
 mod gitops;
 mod hardening;
+mod image;
 mod install;
 mod operations;
 mod process;
