@@ -80,7 +80,7 @@ use crate::events::EventPublisher;
 use crate::telemetry::ControllerMetrics;
 
 pub use reconcile::{error_policy, reconcile};
-pub use wanted::{Wanted, wanted};
+pub use wanted::{Problem, Wanted, wanted};
 pub use workload::{Meta, Workload};
 
 /// The Deployment shim's name in metrics and logs (the shim's only one before it handled
@@ -151,7 +151,8 @@ impl Context {
     }
 
     /// Publishes a Warning for a configuration problem unless this one was the last published.
-    async fn report_problem<W: Workload>(&self, d: &Meta<W>, reason: &'static str, note: String) {
+    async fn report_problem<W: Workload>(&self, d: &Meta<W>, problem: Problem, note: String) {
+        let reason = problem.as_str();
         let key = (reason.to_string(), note.clone());
         let new = {
             let mut reported = self.reported();

@@ -12,7 +12,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::wanted::{Wanted, wanted};
+use super::wanted::{Problem, Wanted, wanted};
 use super::{Context, Error, Meta, RESTART_MANAGER, Workload, uid_of};
 use crate::resource::{BootstrapToken, BootstrapTokenSpec, MANAGED_BY_LABEL, MANAGER, annotations};
 
@@ -69,8 +69,12 @@ async fn reconcile_inner<W: Workload>(d: &Meta<W>, ctx: &Context) -> Result<Acti
             let child = match existing {
                 Some(foreign) if !owned => {
                     // Its deletion triggers a reconcile (see `watch::token_triggers`).
-                    ctx.report_problem(d, "BootstrapTokenConflict", conflict_note::<W>(&foreign))
-                        .await;
+                    ctx.report_problem(
+                        d,
+                        Problem::BootstrapTokenConflict,
+                        conflict_note::<W>(&foreign),
+                    )
+                    .await;
                     return Ok(Action::await_change());
                 }
                 Some(child) if child.metadata.deletion_timestamp.is_some() => {
@@ -104,7 +108,8 @@ async fn reconcile_inner<W: Workload>(d: &Meta<W>, ctx: &Context) -> Result<Acti
                                 "the BootstrapToken for these annotations is invalid: {}",
                                 status.message
                             );
-                            ctx.report_problem(d, "InvalidBootstrapToken", note).await;
+                            ctx.report_problem(d, Problem::InvalidBootstrapToken, note)
+                                .await;
                             return Ok(Action::await_change());
                         }
                         // Created by someone else since the read above: look again, which

@@ -5,6 +5,30 @@ use std::collections::BTreeMap;
 use super::{NAME_LABEL, VERSION_LABEL};
 use crate::resource::annotations;
 
+/// Why the shim cannot keep a token for a workload: the reason of the Warning it publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    InvalidAnnotation,
+    MissingLabel,
+    EmptyServiceId,
+    /// A BootstrapToken of the child's name belongs to something else.
+    BootstrapTokenConflict,
+    /// The API server refused the child (a value the annotations carry).
+    InvalidBootstrapToken,
+}
+
+impl Problem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::InvalidAnnotation => "InvalidAnnotation",
+            Problem::MissingLabel => "MissingLabel",
+            Problem::EmptyServiceId => "EmptyServiceId",
+            Problem::BootstrapTokenConflict => "BootstrapTokenConflict",
+            Problem::InvalidBootstrapToken => "InvalidBootstrapToken",
+        }
+    }
+}
+
 /// What a workload's annotations and labels ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wanted {
@@ -16,10 +40,7 @@ pub enum Wanted {
         secret_name: String,
     },
     /// A token, but the annotations or labels do not say which: warn, leave any child alone.
-    Misconfigured {
-        reason: &'static str,
-        message: String,
-    },
+    Misconfigured { reason: Problem, message: String },
 }
 
 /// Reads a workload's shim annotations (and, for a derived id, its labels).
@@ -35,7 +56,7 @@ pub fn wanted(
         Some(v) if v.eq_ignore_ascii_case("false") => Some(false),
         Some(v) => {
             return Wanted::Misconfigured {
-                reason: "InvalidAnnotation",
+                reason: Problem::InvalidAnnotation,
                 message: format!(
                     "{} must be \"true\" or \"false\", not {v:?}",
                     annotations::ENABLED
@@ -64,7 +85,7 @@ pub fn wanted(
                         ("labels", "are")
                     };
                     return Wanted::Misconfigured {
-                        reason: "MissingLabel",
+                        reason: Problem::MissingLabel,
                         message: format!(
                             "{} is \"true\" and {} is empty, so the service id is derived as \
                              <{NAME_LABEL}>-<{VERSION_LABEL}>, but the {noun} {} {verb} missing: \
@@ -80,7 +101,7 @@ pub fn wanted(
         }
         Some(_) => {
             return Wanted::Misconfigured {
-                reason: "EmptyServiceId",
+                reason: Problem::EmptyServiceId,
                 message: format!(
                     "{} is empty: set it to the service id, or set {}: \"true\" to derive it \
                      from the labels {NAME_LABEL} and {VERSION_LABEL}",
@@ -156,7 +177,7 @@ mod tests {
         else {
             panic!("a missing label is a misconfiguration");
         };
-        assert_eq!(reason, "MissingLabel");
+        assert_eq!(reason, Problem::MissingLabel);
         assert!(
             message.contains("label app.kubernetes.io/version is missing"),
             "{message}"
@@ -193,7 +214,7 @@ mod tests {
             assert!(
                 matches!(
                     wanted("a", &notes, &map(&[])),
-                    Wanted::Misconfigured { reason, .. } if reason == expected
+                    Wanted::Misconfigured { reason, .. } if reason.as_str() == expected
                 ),
                 "{notes:?}"
             );
