@@ -979,13 +979,11 @@ mod tests {
     use std::sync::LazyLock;
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-    use prometheus_client::registry::Registry;
 
     use super::*;
     use crate::policy::PolicyRule;
     use crate::resource::BootstrapTokenSpec;
-    use crate::token::store::KeyProvider;
-    use crate::token::{BootstrapConfig, LocalKey, TokenProfile, VersionClaim};
+    use crate::token::{BootstrapConfig, LocalKey, VersionClaim, test_issuer};
 
     const UID: &str = "0b7c3b1e-0000-4000-8000-000000000001";
     const NOW: i64 = 1_800_000_000;
@@ -1000,21 +998,12 @@ mod tests {
         LazyLock::new(|| KeySet::new(LocalKey::generate("7").unwrap(), vec![]));
 
     fn issuer(policy: Vec<PolicyRule>) -> Issuer {
-        Issuer::new(
-            TokenProfile {
-                issuer: "urn:com:networknt:oauth2:v1".into(),
-                audience: "urn:com.networknt".into(),
-                version_claim: VersionClaim::Version,
-            },
-            BootstrapConfig {
-                scope: vec!["scope.a".into()],
-                lifetime: 10 * HOUR,
-                ..Default::default()
-            },
-            policy,
-            Arc::new(KeyProvider::from_keys(KEYS.clone())),
-            &mut Registry::default(),
-        )
+        let bootstrap = BootstrapConfig {
+            scope: vec!["scope.a".into()],
+            lifetime: 10 * HOUR,
+            ..Default::default()
+        };
+        test_issuer(bootstrap, policy, KEYS.clone())
     }
 
     fn bt(spec: impl FnOnce(&mut BootstrapTokenSpec)) -> BootstrapToken {
