@@ -757,7 +757,7 @@ pub async fn run(
         // never read here: dropping them before the cache keeps memory flat at 10 000 objects.
         let (store, writer) = reflector::store();
         let tokens = watcher(tokens, watcher::Config::default())
-            .default_backoff()
+            .backoff(crate::backoff::watch())
             .modify(|bt: &mut BootstrapToken| {
                 bt.managed_fields_mut().clear();
                 bt.annotations_mut().remove(LAST_APPLIED);
@@ -773,6 +773,7 @@ pub async fn run(
         Controller::for_stream(tokens, store)
             .owns(secrets, owned.clone())
             .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
+            .trigger_backoff(crate::backoff::watch())
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {

@@ -630,7 +630,7 @@ fn deployment_triggers(
     ctx: Arc<Context>,
 ) -> Requests {
     watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(crate::backoff::watch())
         .map_ok(move |event| {
             let event = event.modify(slim);
             let request = match &event {
@@ -664,7 +664,7 @@ fn token_triggers(
     store: Store<DeploymentMeta>,
 ) -> Requests {
     watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(crate::backoff::watch())
         .touched_objects()
         .map_ok(move |bt| {
             let namespace = bt.namespace().unwrap_or_default();
