@@ -774,6 +774,8 @@ pub async fn run(
             .owns(secrets, owned.clone())
             .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
             .trigger_backoff(crate::backoff::watch())
+            // Objects that failed for want of the signing key: at once, not after their back-off.
+            .reconcile_all_on(ctx.issuer.keys_recovered())
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {

@@ -37,7 +37,8 @@ impl Operator {
     pub async fn start(namespace: &str, config_yaml: &str) -> Operator {
         let config = Config::parse(config_yaml).expect("test config is valid");
         let (client, writes) = TestEnv::global().operator_client_counting_writes().await;
-        let keys = KeyProvider::new(client.clone(), namespace, config.signing.clone());
+        let keys = KeyProvider::new(client.clone(), namespace, config.signing.clone())
+            .watching(&[namespace.to_string()]);
         Operator::start_with(client, writes, namespace, &config, keys)
     }
 
