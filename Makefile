@@ -36,6 +36,7 @@ manifests: tools
 	cp $(CRD) $(CHART)/files/crds/
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) > deploy/install.yaml
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/clusterrole.yaml > deploy/rbac/clusterrole.yaml
+	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/roles.yaml > deploy/rbac/roles.yaml
 
 test: control-plane tools
 	$(CARGO) fmt --all --check
