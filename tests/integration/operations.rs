@@ -277,7 +277,8 @@ async fn survives_an_api_server_outage() {
     tokio::time::sleep(Duration::from_secs(40)).await;
     env.start_apiserver().await;
     // Issue 11 item 12: an object created right after the API server returns is seen within the
-    // capped watch back-off (10 s), not after the 45–60 s the default could sleep.
+    // capped watch back-off (a few retries of at most 4 s), not after the 45–60 s the default
+    // could sleep.
     let returned = std::time::Instant::now();
     apply(COUNT / 2).await;
     eventually_within(
