@@ -241,6 +241,10 @@ pub struct KeyProvider {
     source: Option<Source>,
     keys: tokio::sync::OnceCell<Loaded>,
     metrics: KeyMetrics,
+    /// When the key was last found lost, and by how many BootstrapTokens: for a few seconds every
+    /// caller hears the same rather than list every BootstrapToken again (each failing reconcile
+    /// asks).
+    lost: std::sync::Mutex<Option<(std::time::Instant, usize)>>,
     /// Told when the keys load after a failed attempt, so what failed for want of them is
     /// retried at once rather than after its back-off.
     recovered: tokio::sync::watch::Sender<()>,
@@ -253,6 +257,10 @@ struct Source {
     /// Where BootstrapTokens holding tokens signed with these keys may be; all when empty.
     watched: Vec<String>,
 }
+
+/// How long a lost key is reported from memory before the Secret and the BootstrapTokens are
+/// looked at again.
+const LOST_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The active key's Secret, for [`crate::keyguard`].
 pub struct KeySecret<'a> {
@@ -285,6 +293,7 @@ impl KeyProvider {
             }),
             keys: tokio::sync::OnceCell::new(),
             metrics: KeyMetrics::default(),
+            lost: std::sync::Mutex::default(),
             recovered: tokio::sync::watch::Sender::new(()),
         }
     }
@@ -307,6 +316,7 @@ impl KeyProvider {
                 active_pem: Vec::new(),
             })),
             metrics: KeyMetrics::default(),
+            lost: std::sync::Mutex::default(),
             recovered: tokio::sync::watch::Sender::new(()),
         }
     }
@@ -340,6 +350,18 @@ impl KeyProvider {
                     .source
                     .as_ref()
                     .expect("a provider without a source is initialised");
+                // Callers queue here while one loads: those after a KeyLost hear it from memory.
+                let recently_lost = *self.lost.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((when, referencing)) = recently_lost
+                    && when.elapsed() < LOST_RECHECK
+                {
+                    return Err(StoreError::KeyLost {
+                        namespace: source.namespace.clone(),
+                        name: source.signing.key_secret.clone(),
+                        kid: source.signing.kid.clone(),
+                        referencing,
+                    });
+                }
                 let loaded = load_or_create(
                     source.client.clone(),
                     &source.namespace,
@@ -347,6 +369,12 @@ impl KeyProvider {
                     &source.watched,
                 )
                 .await;
+                *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = match &loaded {
+                    Err(StoreError::KeyLost { referencing, .. }) => {
+                        Some((std::time::Instant::now(), *referencing))
+                    }
+                    _ => None,
+                };
                 let was_unavailable = self.metrics.unavailable.set(i64::from(loaded.is_err()));
                 if loaded.is_ok() && was_unavailable == 1 {
                     self.recovered.send_replace(());
