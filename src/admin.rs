@@ -1,7 +1,7 @@
 //! The admin port: `/healthz` (alive), `/readyz` (ready to serve), `/metrics` (Prometheus).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -14,6 +14,26 @@ pub struct AdminState {
     pub registry: Registry,
     /// Set once the signing keys are loaded.
     pub ready: AtomicBool,
+    /// Why the process is not ready yet, the body of a 503 from /readyz.
+    reason: Mutex<String>,
+}
+
+impl AdminState {
+    pub fn new(registry: Registry) -> Self {
+        AdminState {
+            registry,
+            ready: AtomicBool::new(false),
+            reason: Mutex::new("starting".into()),
+        }
+    }
+
+    /// Sets what /readyz answers while not ready.
+    pub fn not_ready(&self, reason: String) {
+        *self
+            .reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = reason;
+    }
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -26,9 +46,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, "ready".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        let reason = state.reason.lock().unwrap_or_else(|p| p.into_inner());
+        (StatusCode::SERVICE_UNAVAILABLE, reason.clone())
     }
 }
 

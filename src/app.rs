@@ -17,15 +17,19 @@ use crate::config::{Config, ConfigError};
 use crate::controller::{self, Context};
 use crate::endpoint::{self, EndpointMetrics, StateError};
 use crate::events::EventPublisher;
+use crate::keyguard;
 use crate::leader::{self, Shutdown};
 use crate::resource::MANAGER;
 use crate::shim;
 use crate::telemetry::{ControllerMetrics, LogFormat};
-use crate::token::store::KeyProvider;
+use crate::token::store::{KeyProvider, StoreError};
 use crate::token::{Issuer, new_jti};
 
 /// How long in-flight work may take after SIGTERM before the process exits anyway.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(8);
+/// Longest wait between attempts to load the signing keys: how long /readyz may lag behind an
+/// administrator restoring a lost key.
+const MAX_KEY_RETRY: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -94,6 +98,7 @@ pub enum AppError {
 pub struct Core {
     pub issuer: Arc<Issuer>,
     pub ctx: Arc<Context>,
+    keys: Arc<KeyProvider>,
 }
 
 impl Core {
@@ -111,7 +116,8 @@ impl Core {
         for kind in shim::CONTROLLERS {
             metrics.init_controller(kind);
         }
-        let issuer = Arc::new(issuer(config, keys, registry));
+        keys.register_metrics(registry);
+        let issuer = Arc::new(issuer(config, keys.clone(), registry));
         let recorder = EventPublisher::new(
             client.clone(),
             Reporter {
@@ -120,17 +126,19 @@ impl Core {
             },
         );
         let ctx = Arc::new(Context::new(client, issuer.clone(), recorder, metrics));
-        Core { issuer, ctx }
+        Core { issuer, ctx, keys }
     }
 
-    /// Both controllers, over `namespaces` (all when empty), until `stop` resolves.
+    /// Both controllers, over `namespaces` (all when empty), and the signing key Secret's guard,
+    /// until `stop` resolves.
     pub async fn reconcile(&self, namespaces: &[String], stop: Shutdown) {
         // A fresh shim context per term as leader, so it does not repost warnings a previous
         // leader already posted.
         let shim_ctx = Arc::new(shim::Context::from_controller(&self.ctx));
         futures::join!(
             controller::run(self.ctx.clone(), namespaces, stop.clone()),
-            shim::run(shim_ctx, namespaces, stop),
+            shim::run(shim_ctx, namespaces, stop.clone()),
+            keyguard::run(&self.keys, &self.ctx.recorder, stop),
         );
     }
 }
@@ -165,11 +173,10 @@ impl RunArgs {
 
         let mut registry = Registry::default();
         // The signing key Secret lives in the operator's namespace.
-        let keys = Arc::new(KeyProvider::new(
-            client.clone(),
-            &self.namespace,
-            config.signing.clone(),
-        ));
+        let keys = Arc::new(
+            KeyProvider::new(client.clone(), &self.namespace, config.signing.clone())
+                .watching(&watch_namespaces),
+        );
         let core = Core::new(
             client.clone(),
             &config,
@@ -196,25 +203,29 @@ impl RunArgs {
             None
         };
         let leader_gauge = core.ctx.metrics.leader.clone();
-        let admin_state = Arc::new(AdminState {
-            registry,
-            ready: Default::default(),
-        });
+        let admin_state = Arc::new(AdminState::new(registry));
 
         let shutdown: Shutdown = shutdown_signal().boxed().shared();
         let admin_listener = bind("the admin port", self.admin_addr).await?;
         let admin_server = axum::serve(admin_listener, admin::router(admin_state.clone()))
             .with_graceful_shutdown(shutdown.clone());
-        // Ready once the signing keys are loaded; until then reconciles report KeyUnavailable.
+        // Ready once the signing keys are loaded; until then reconciles report KeyUnavailable,
+        // and so does /readyz.
         let readiness = {
             let issuer = core.issuer.clone();
             let admin_state = admin_state.clone();
             async move {
                 let mut delay = Duration::from_millis(500);
                 while let Err(error) = issuer.keys().await {
-                    tracing::warn!(%error, retry_in = ?delay, "signing keys not loaded yet");
+                    if let StoreError::KeyLost { .. } = error {
+                        // Waits for an administrator: say so at error, every retry.
+                        tracing::error!(%error, retry_in = ?delay, "signing key lost");
+                    } else {
+                        tracing::warn!(%error, retry_in = ?delay, "signing keys not loaded yet");
+                    }
+                    admin_state.not_ready(format!("KeyUnavailable: {error}"));
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
+                    delay = (delay * 2).min(MAX_KEY_RETRY);
                 }
                 admin_state.ready.store(true, Ordering::SeqCst);
             }

@@ -933,7 +933,7 @@ pub async fn run(
             let (store, writer) = reflector::store();
             stores.push(store.clone());
             let tokens = watcher(tokens, watcher::Config::default())
-                .default_backoff()
+                .backoff(crate::backoff::watch())
                 .modify(|bt: &mut BootstrapToken| {
                     bt.managed_fields_mut().clear();
                     bt.annotations_mut().remove(LAST_APPLIED);
@@ -949,7 +949,7 @@ pub async fn run(
             let (secret_store, secret_writer) = reflector::store();
             secret_stores.push(secret_store);
             let owned_secrets = watcher(secrets, owned.clone())
-                .default_backoff()
+                .backoff(crate::backoff::watch())
                 .modify(|secret: &mut PartialObjectMeta<Secret>| {
                     secret.managed_fields_mut().clear();
                 })
@@ -960,6 +960,9 @@ pub async fn run(
             Controller::for_stream(tokens, store)
                 .owns_stream(owned_secrets)
                 .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
+                .trigger_backoff(crate::backoff::watch())
+                // Objects that failed for want of the signing key: at once, not after their back-off.
+                .reconcile_all_on(ctx.issuer.keys_recovered())
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile, error_policy, ctx.clone())
                 .for_each(|result| async move {

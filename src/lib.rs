@@ -11,6 +11,7 @@ pub mod controller;
 pub mod duration;
 pub mod endpoint;
 pub mod events;
+pub mod keyguard;
 pub mod leader;
 pub mod policy;
 pub mod resource;

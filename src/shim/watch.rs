@@ -80,7 +80,7 @@ pub fn workload_triggers<W: Workload>(
     ctx: Arc<Context>,
 ) -> Requests<W> {
     watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(crate::backoff::watch())
         .map_ok(move |event| {
             let event = event.modify(slim);
             let request = match &event {
@@ -139,7 +139,7 @@ pub fn token_triggers<W: Workload>(
     store: Store<Meta<W>>,
 ) -> Requests<W> {
     watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(crate::backoff::watch())
         .touched_objects()
         .map_ok(move |bt| {
             let related = Box::new(ObjectRef::from_obj(&bt).erase());

@@ -196,6 +196,11 @@ impl Issuer {
         self.keys.loaded()
     }
 
+    /// One item each time the keys load after failing to: a key lost and restored.
+    pub fn keys_recovered(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        self.keys.recovered()
+    }
+
     pub fn allows(&self, namespace: &str, sid: &str) -> bool {
         policy::allows(&self.policy, namespace, sid)
     }

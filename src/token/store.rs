@@ -4,10 +4,14 @@
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use super::{KeyError, KeySet, LocalKey};
 use crate::config::SigningConfig;
+use crate::resource::BootstrapToken;
 
 /// The Secret data key that holds the PEM private key.
 pub const KEY_FIELD: &str = "key.pem";
@@ -28,31 +32,116 @@ pub enum StoreError {
         name: String,
         source: KeyError,
     },
+    #[error(
+        "signing key Secret {namespace}/{name} is gone while {referencing} BootstrapToken(s) hold \
+         tokens signed with kid {kid:?}; nothing is signed until it is restored or replaced \
+         (README: Security, signing key loss)"
+    )]
+    KeyLost {
+        namespace: String,
+        name: String,
+        kid: String,
+        referencing: usize,
+    },
+    #[error("listing BootstrapTokens for tokens signed with kid {kid:?}: {source}")]
+    ListTokens { kid: String, source: kube::Error },
 }
 
-/// Loads the active key, creating it once when its Secret does not exist, and every previous key
-/// that still exists (a missing previous key verifies nothing, so it is skipped with a warning).
-pub async fn load_or_create(
+/// The keys as loaded, with the active key's PEM exactly as stored, so its Secret can be put
+/// back from memory.
+struct Loaded {
+    keys: KeySet,
+    active_pem: Vec<u8>,
+}
+
+/// Loads the active key and every previous key that still exists (a missing previous key
+/// verifies nothing, so it is skipped with a warning). The active key is created once when its
+/// Secret does not exist — unless a BootstrapToken in `watched` (all namespaces when empty) holds
+/// a token signed under its kid: a new key under the same kid would silently invalidate them
+/// all, so that is [`StoreError::KeyLost`] until an administrator restores or replaces the key.
+async fn load_or_create(
     client: Client,
     namespace: &str,
     signing: &SigningConfig,
-) -> Result<KeySet, StoreError> {
-    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    watched: &[String],
+) -> Result<Loaded, StoreError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let active = match read(&secrets, namespace, &signing.key_secret, &signing.kid).await? {
         Some(key) => key,
-        None => create(&secrets, namespace, &signing.key_secret, &signing.kid).await?,
+        None => {
+            let referencing = tokens_signed_with(&client, watched, &signing.kid).await?;
+            if referencing > 0 {
+                return Err(StoreError::KeyLost {
+                    namespace: namespace.into(),
+                    name: signing.key_secret.clone(),
+                    kid: signing.kid.clone(),
+                    referencing,
+                });
+            }
+            create(&secrets, namespace, &signing.key_secret, &signing.kid).await?
+        }
     };
     let mut previous = Vec::new();
     for old in &signing.previous_keys {
         match read(&secrets, namespace, &old.key_secret, &old.kid).await? {
-            Some(key) => previous.push(key),
+            Some((key, _)) => previous.push(key),
             None => tracing::warn!(
                 secret = %old.key_secret, kid = %old.kid,
                 "previous signing key Secret not found; tokens it signed no longer verify"
             ),
         }
     }
-    Ok(KeySet::new(active, previous))
+    let (active, active_pem) = active;
+    Ok(Loaded {
+        keys: KeySet::new(active, previous),
+        active_pem,
+    })
+}
+
+/// How many BootstrapTokens in `watched` (all namespaces when empty) say their token was signed
+/// with `kid`.
+async fn tokens_signed_with(
+    client: &Client,
+    watched: &[String],
+    kid: &str,
+) -> Result<usize, StoreError> {
+    let apis: Vec<Api<BootstrapToken>> = if watched.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        watched
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    let mut count = 0;
+    for api in apis {
+        // Paged: this runs once at startup, on clusters with thousands of objects.
+        let mut params = ListParams::default().limit(500);
+        loop {
+            let page = api
+                .list(&params)
+                .await
+                .map_err(|source| StoreError::ListTokens {
+                    kid: kid.into(),
+                    source,
+                })?;
+            count += page
+                .items
+                .iter()
+                .filter(|bt| {
+                    bt.status
+                        .as_ref()
+                        .and_then(|status| status.key_id.as_deref())
+                        == Some(kid)
+                })
+                .count();
+            match page.metadata.continue_.filter(|token| !token.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+    }
+    Ok(count)
 }
 
 async fn read(
@@ -60,7 +149,7 @@ async fn read(
     namespace: &str,
     name: &str,
     kid: &str,
-) -> Result<Option<LocalKey>, StoreError> {
+) -> Result<Option<(LocalKey, Vec<u8>)>, StoreError> {
     let secret = secrets
         .get_opt(name)
         .await
@@ -81,7 +170,7 @@ async fn read(
             name: name.into(),
         })?;
     LocalKey::from_pem(kid, &pem.0)
-        .map(Some)
+        .map(|key| Some((key, pem.0.clone())))
         .map_err(|source| StoreError::Key {
             namespace: namespace.into(),
             name: name.into(),
@@ -95,34 +184,21 @@ async fn create(
     namespace: &str,
     name: &str,
     kid: &str,
-) -> Result<LocalKey, StoreError> {
+) -> Result<(LocalKey, Vec<u8>), StoreError> {
     let key_error = |source| StoreError::Key {
         namespace: namespace.into(),
         name: name.into(),
         source,
     };
     let generated = LocalKey::generate(kid).map_err(key_error)?;
-    let pem = generated.to_pkcs8_pem().map_err(key_error)?;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(
-                [(
-                    crate::resource::MANAGED_BY_LABEL.to_string(),
-                    crate::resource::MANAGER.to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some([(KEY_FIELD.to_string(), ByteString(pem.into_bytes()))].into()),
-        ..Default::default()
-    };
-    match secrets.create(&PostParams::default(), &secret).await {
+    let pem = generated.to_pkcs8_pem().map_err(key_error)?.into_bytes();
+    match secrets
+        .create(&PostParams::default(), &key_secret(name, &pem))
+        .await
+    {
         Ok(_) => {
             tracing::info!(secret = %name, kid, "created signing key Secret");
-            Ok(generated)
+            Ok((generated, pem))
         }
         Err(kube::Error::Api(status)) if status.code == 409 => read(secrets, namespace, name, kid)
             .await?
@@ -138,44 +214,205 @@ async fn create(
     }
 }
 
+/// The key Secret as the operator creates it: labelled as ours, the PEM under [`KEY_FIELD`].
+pub fn key_secret(name: &str, pem: &[u8]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                [(
+                    crate::resource::MANAGED_BY_LABEL.to_string(),
+                    crate::resource::MANAGER.to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some([(KEY_FIELD.to_string(), ByteString(pem.to_vec()))].into()),
+        ..Default::default()
+    }
+}
+
 /// Loads the keys on first use and keeps them; a failed load is retried on the next call, so the
 /// operator starts (and reports `KeyUnavailable`) even when the key Secret cannot be read yet.
 pub struct KeyProvider {
     /// Where the keys live; `None` when they were handed over ready-made.
-    source: Option<(Client, String, SigningConfig)>,
-    keys: tokio::sync::OnceCell<KeySet>,
+    source: Option<Source>,
+    keys: tokio::sync::OnceCell<Loaded>,
+    metrics: KeyMetrics,
+    /// When the key was last found lost, and by how many BootstrapTokens: for a few seconds every
+    /// caller hears the same rather than list every BootstrapToken again (each failing reconcile
+    /// asks).
+    lost: std::sync::Mutex<Option<(std::time::Instant, usize)>>,
+    /// Told when the keys load after a failed attempt, so what failed for want of them is
+    /// retried at once rather than after its back-off.
+    recovered: tokio::sync::watch::Sender<()>,
+}
+
+struct Source {
+    client: Client,
+    namespace: String,
+    signing: SigningConfig,
+    /// Where BootstrapTokens holding tokens signed with these keys may be; all when empty.
+    watched: Vec<String>,
+}
+
+/// How long a lost key is reported from memory before the Secret and the BootstrapTokens are
+/// looked at again.
+const LOST_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The active key's Secret, for [`crate::keyguard`].
+pub struct KeySecret<'a> {
+    pub client: &'a Client,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub kid: &'a str,
+}
+
+/// What `/metrics` says about the signing key.
+#[derive(Default)]
+pub struct KeyMetrics {
+    /// 1 while the signing keys cannot be loaded (the key Secret is lost, unreadable or invalid).
+    pub unavailable: Gauge,
+    /// 1 while the key Secret holds another key than the one the operator signs with.
+    pub mismatch: Gauge,
+    /// Times the key Secret was put back from memory after it was deleted.
+    pub restored: Counter,
 }
 
 impl KeyProvider {
+    /// Keys from Secrets in `namespace`; BootstrapTokens are looked for in every namespace.
     pub fn new(client: Client, namespace: &str, signing: SigningConfig) -> Self {
         KeyProvider {
-            source: Some((client, namespace.to_string(), signing)),
+            source: Some(Source {
+                client,
+                namespace: namespace.to_string(),
+                signing,
+                watched: Vec::new(),
+            }),
             keys: tokio::sync::OnceCell::new(),
+            metrics: KeyMetrics::default(),
+            lost: std::sync::Mutex::default(),
+            recovered: tokio::sync::watch::Sender::new(()),
         }
+    }
+
+    /// Looks for BootstrapTokens signed with the active key only in `namespaces` (the ones the
+    /// operator watches, and may list).
+    pub fn watching(mut self, namespaces: &[String]) -> Self {
+        if let Some(source) = &mut self.source {
+            source.watched = namespaces.to_vec();
+        }
+        self
     }
 
     /// Keys already in memory (benchmarks, tests of the HTTP endpoint alone).
     pub fn from_keys(keys: KeySet) -> Self {
         KeyProvider {
             source: None,
-            keys: tokio::sync::OnceCell::new_with(Some(keys)),
+            keys: tokio::sync::OnceCell::new_with(Some(Loaded {
+                keys,
+                active_pem: Vec::new(),
+            })),
+            metrics: KeyMetrics::default(),
+            lost: std::sync::Mutex::default(),
+            recovered: tokio::sync::watch::Sender::new(()),
         }
+    }
+
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "bootstrap_token_signing_key_unavailable",
+            "1 while the signing keys cannot be loaded; nothing is signed meanwhile",
+            self.metrics.unavailable.clone(),
+        );
+        registry.register(
+            "bootstrap_token_signing_key_mismatch",
+            "1 while the signing key Secret holds another key than the one in use",
+            self.metrics.mismatch.clone(),
+        );
+        registry.register(
+            "bootstrap_token_signing_key_restored",
+            "Times the deleted signing key Secret was restored from memory",
+            self.metrics.restored.clone(),
+        );
+    }
+
+    pub fn metrics(&self) -> &KeyMetrics {
+        &self.metrics
     }
 
     pub async fn get(&self) -> Result<&KeySet, StoreError> {
         self.keys
             .get_or_try_init(|| async {
-                let (client, namespace, signing) = self
+                let source = self
                     .source
                     .as_ref()
                     .expect("a provider without a source is initialised");
-                load_or_create(client.clone(), namespace, signing).await
+                // Callers queue here while one loads: those after a KeyLost hear it from memory.
+                let recently_lost = *self.lost.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((when, referencing)) = recently_lost
+                    && when.elapsed() < LOST_RECHECK
+                {
+                    return Err(StoreError::KeyLost {
+                        namespace: source.namespace.clone(),
+                        name: source.signing.key_secret.clone(),
+                        kid: source.signing.kid.clone(),
+                        referencing,
+                    });
+                }
+                let loaded = load_or_create(
+                    source.client.clone(),
+                    &source.namespace,
+                    &source.signing,
+                    &source.watched,
+                )
+                .await;
+                *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = match &loaded {
+                    Err(StoreError::KeyLost { referencing, .. }) => {
+                        Some((std::time::Instant::now(), *referencing))
+                    }
+                    _ => None,
+                };
+                let was_unavailable = self.metrics.unavailable.set(i64::from(loaded.is_err()));
+                if loaded.is_ok() && was_unavailable == 1 {
+                    self.recovered.send_replace(());
+                }
+                loaded
             })
             .await
+            .map(|loaded| &loaded.keys)
     }
 
     /// The keys if they are loaded already, without touching the API server.
     pub fn loaded(&self) -> Option<&KeySet> {
-        self.keys.get()
+        self.keys.get().map(|loaded| &loaded.keys)
+    }
+
+    /// One item each time the keys load after failing to (from now on).
+    pub fn recovered(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.recovered.subscribe(), |mut changes| async move {
+            changes.changed().await.ok()?;
+            Some(((), changes))
+        })
+    }
+
+    /// The active key's Secret, when the keys come from Secrets.
+    pub fn key_secret(&self) -> Option<KeySecret<'_>> {
+        self.source.as_ref().map(|source| KeySecret {
+            client: &source.client,
+            namespace: &source.namespace,
+            name: &source.signing.key_secret,
+            kid: &source.signing.kid,
+        })
+    }
+
+    /// The active key's PEM as it was read or created, once loaded from a Secret.
+    pub fn active_pem(&self) -> Option<&[u8]> {
+        self.keys
+            .get()
+            .map(|loaded| loaded.active_pem.as_slice())
+            .filter(|pem| !pem.is_empty())
     }
 }

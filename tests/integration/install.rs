@@ -138,15 +138,17 @@ fn chart_lints_and_deploy_holds_its_rendering() {
         rendered == read("deploy/install.yaml"),
         "deploy/install.yaml drifted from the chart: run `make manifests`"
     );
-    let role = render(
-        release,
-        release,
-        &["--show-only", "templates/clusterrole.yaml"],
-    );
-    assert!(
-        role == read("deploy/rbac/clusterrole.yaml"),
-        "deploy/rbac/ drifted from the chart: run `make manifests`"
-    );
+    for template in ["clusterrole.yaml", "roles.yaml"] {
+        let role = render(
+            release,
+            release,
+            &["--show-only", &format!("templates/{template}")],
+        );
+        assert!(
+            role == read(&format!("deploy/rbac/{template}")),
+            "deploy/rbac/{template} drifted from the chart: run `make manifests`"
+        );
+    }
     assert!(
         read(&format!(
             "{CHART}/files/crds/bootstraptokens.bootstraptoken.dev.yaml"
@@ -337,4 +339,80 @@ fn service_account_kubeconfig(namespace: &str, token: &str) -> PathBuf {
     let path = env.dir().join(format!("{namespace}-sa.kubeconfig"));
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
     path
+}
+
+/// Issue 11 item 7: the operator's identity, as deploy/rbac/ grants it, holds Leases only in its
+/// own namespace (a compromised pod cannot take over kube-system's leader elections) and has no
+/// verb its code does not call.
+#[tokio::test]
+async fn the_operator_may_do_what_its_code_does_and_nothing_more() {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let own = TestEnv::global().namespace("rbac-own").await;
+    let reviews: Api<SubjectAccessReview> = Api::all(admin().await);
+    let allowed = |namespace: String, group: &str, resource: &str, verb: &str| {
+        let reviews = reviews.clone();
+        let (group, verb) = (group.to_string(), verb.to_string());
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((resource, sub)) => (resource.to_string(), Some(sub.to_string())),
+            None => (resource.to_string(), None),
+        };
+        async move {
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(testenv::OPERATOR_USER.into()),
+                    resource_attributes: Some(ResourceAttributes {
+                        namespace: Some(namespace),
+                        group: Some(group),
+                        resource: Some(resource),
+                        subresource,
+                        verb: Some(verb),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            reviews
+                .create(&PostParams::default(), &review)
+                .await
+                .expect("SubjectAccessReview")
+                .status
+                .is_some_and(|status| status.allowed)
+        }
+    };
+    let lease = "coordination.k8s.io";
+    for namespace in [own.as_str(), "bootstrap-token-operator"] {
+        for verb in ["get", "create", "patch"] {
+            assert!(
+                allowed(namespace.into(), lease, "leases", verb).await,
+                "{verb} its Lease in its own namespace {namespace}"
+            );
+        }
+    }
+    for verb in ["get", "create", "patch", "update", "delete", "list"] {
+        assert!(
+            !allowed("kube-system".into(), lease, "leases", verb).await,
+            "no {verb} on Leases in kube-system"
+        );
+    }
+    let events = "events.k8s.io";
+    assert!(allowed(own.clone(), events, "events", "create").await);
+    for namespace in [own.as_str(), "kube-system"] {
+        assert!(
+            !allowed(namespace.into(), events, "events", "patch").await,
+            "events are created, never patched ({namespace})"
+        );
+    }
+    assert!(
+        !allowed(
+            own.clone(),
+            "bootstraptoken.dev",
+            "bootstraptokens/status",
+            "get"
+        )
+        .await,
+        "status is written by server-side apply, never read through the subresource"
+    );
 }

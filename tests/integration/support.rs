@@ -42,7 +42,9 @@ impl Operator {
     pub async fn start_watching(namespaces: &[&str], config_yaml: &str) -> Operator {
         let config = Config::parse(config_yaml).expect("test config is valid");
         let (client, writes) = TestEnv::global().operator_client_counting_writes().await;
-        let keys = KeyProvider::new(client.clone(), namespaces[0], config.signing.clone());
+        let watched: Vec<String> = namespaces.iter().map(|ns| ns.to_string()).collect();
+        let keys = KeyProvider::new(client.clone(), namespaces[0], config.signing.clone())
+            .watching(&watched);
         Operator::start_with(client, writes, namespaces, &config, keys)
     }
 

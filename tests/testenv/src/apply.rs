@@ -186,6 +186,29 @@ pub(crate) async fn bind_to_operator(client: &Client, objs: &[DynamicObject]) ->
     Ok(())
 }
 
+/// Copies every Role among `objs` into `namespace` and binds it to the operator's user: the
+/// operator's own-namespace rights, for a namespace that stands for the operator's own.
+pub(crate) async fn grant_roles_in(
+    client: &Client,
+    objs: &[DynamicObject],
+    namespace: &str,
+) -> Result<()> {
+    for role in objs.iter().filter(|obj| kind(obj) == "Role") {
+        let copy = DynamicObject {
+            types: role.types.clone(),
+            metadata: ObjectMeta {
+                name: role.metadata.name.clone(),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            data: role.data.clone(),
+        };
+        let applied = apply(client, copy).await?;
+        bind_to_operator(client, &[applied]).await?;
+    }
+    Ok(())
+}
+
 fn kind(obj: &DynamicObject) -> &str {
     obj.types.as_ref().map_or("", |t| t.kind.as_str())
 }

@@ -14,7 +14,10 @@
 //! ```
 //!
 //! At startup the CRDs in `<repo>/crds/` and the manifests in `<repo>/deploy/rbac/` are applied,
-//! and each ClusterRole/Role found in the latter is bound to the operator's user. The controller
+//! and each ClusterRole/Role found in the latter is bound to the operator's user. Tests run the
+//! operator with a fresh namespace as its own (`--namespace`), so each namespace from
+//! [`TestEnv::namespace`] gets a copy of deploy/rbac's Roles (the operator's own-namespace
+//! rights, such as its Lease) bound the same way. The controller
 //! manager runs the garbage collector, so ownerReferences really cascade.
 //!
 //! The binaries come from `<repo>/bin/k8s/` (`make control-plane`), or `$TESTENV_BIN_DIR`.
@@ -113,6 +116,8 @@ pub struct TestEnv {
     keep_dir: AtomicBool,
     /// kube-apiserver's flags, to start it again after [`TestEnv::stop_apiserver`].
     apiserver_args: Mutex<Vec<String>>,
+    /// The Roles of deploy/rbac/, granted again in every namespace a test creates.
+    own_roles: Mutex<Vec<kube::api::DynamicObject>>,
 }
 
 impl TestEnv {
@@ -208,6 +213,7 @@ impl TestEnv {
             tempdir: Mutex::new(Some(tempdir)),
             keep_dir: AtomicBool::new(false),
             apiserver_args: Mutex::new(Vec::new()),
+            own_roles: Mutex::new(Vec::new()),
         };
         let path = |p: &Path| p.display().to_string();
 
@@ -259,6 +265,7 @@ impl TestEnv {
         apply::wait_established(&admin, &crds).await?;
         let rbac = apply::apply_dir(&admin, &repo_root().join("deploy/rbac")).await?;
         apply::bind_to_operator(&admin, &rbac).await?;
+        *lock(&env.own_roles) = rbac;
 
         let admin_kc = path(&env.admin_kubeconfig);
         env.launch(
@@ -373,13 +380,19 @@ impl TestEnv {
             },
             ..Default::default()
         };
-        Api::<Namespace>::all(self.admin_client().await)
+        let admin = self.admin_client().await;
+        let name = Api::<Namespace>::all(admin.clone())
             .create(&PostParams::default(), &ns)
             .await
             .expect("create namespace")
             .metadata
             .name
-            .expect("created namespace has a name")
+            .expect("created namespace has a name");
+        let roles = lock(&self.own_roles).clone();
+        apply::grant_roles_in(&admin, &roles, &name)
+            .await
+            .expect("the operator's own-namespace Roles granted");
+        name
     }
 
     /// Stops the components in reverse start order (SIGTERM, then SIGKILL after 10 s) and
