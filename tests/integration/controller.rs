@@ -645,3 +645,79 @@ async fn a_signing_failure_is_reported_and_recovers_without_losing_the_token() {
     assert!(keys.verify(&token).is_ok());
     operator.stop().await;
 }
+
+/// One issuing path: the token the controller keeps in a Secret and the one the endpoint's
+/// `bootstrap_token` grant returns come from the same `Issuer`, so they carry the same claims in
+/// the same order and verify with the same keys.
+#[tokio::test]
+async fn the_controller_and_the_endpoint_issue_the_same_token_shape() {
+    // sha256 of "secret".
+    let config_yaml = format!(
+        "{CONFIG}endpoint:\n  clients:\n    - clientId: f7d42348-c647-4efb-a52d-4c5787421e00\n      \
+         clientSecret: {{hash: \"sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b\"}}\n      \
+         grantTypes: [bootstrap_token]\n"
+    );
+    let ns = TestEnv::global().namespace("one-path").await;
+    let operator = Operator::start(&ns, &config_yaml).await;
+    apply_bt(
+        &ns,
+        bt_manifest("svc", json!({"serviceId": "com.example.same"})),
+    )
+    .await;
+    wait_ready(&ns, "svc").await;
+    let from_controller = token_of(&secret(&ns, "svc-bootstrap-token").await.unwrap());
+
+    let config = bootstrap_token_operator::config::Config::parse(&config_yaml).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let state = bootstrap_token_operator::endpoint::State::new(
+        operator.ctx.issuer.clone(),
+        config.endpoint,
+        None,
+        bootstrap_token_operator::endpoint::EndpointMetrics::new(&mut registry),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/oauth2/token", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bootstrap_token_operator::endpoint::serve(
+        std::sync::Arc::new(state),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let reply = reqwest::Client::new()
+        .post(&url)
+        .basic_auth("f7d42348-c647-4efb-a52d-4c5787421e00", Some("secret"))
+        .form(&[
+            ("grant_type", "bootstrap_token"),
+            ("sid", "com.example.same"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&reply).expect("a JSON answer");
+    let from_endpoint = reply["access_token"].as_str().expect("a token").to_string();
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+
+    let (a, b) = (payload(&from_controller), payload(&from_endpoint));
+    let keys = |claims: &serde_json::Map<String, Value>| claims.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&a), keys(&b), "the same claims in the same order");
+    for claim in ["iss", "aud", "version", "client_id", "scope", "sid"] {
+        assert_eq!(a[claim], b[claim], "{claim}");
+    }
+    assert_eq!(
+        a["exp"].as_i64().unwrap() - a["iat"].as_i64().unwrap(),
+        b["exp"].as_i64().unwrap() - b["iat"].as_i64().unwrap()
+    );
+    assert_ne!(a["jti"], b["jti"]);
+    let keys = operator.keys().await;
+    assert_eq!(keys.verify(&from_controller).unwrap().kid, "100");
+    assert_eq!(keys.verify(&from_endpoint).unwrap().kid, "100");
+    operator.stop().await;
+}
