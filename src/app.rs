@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -161,7 +160,7 @@ impl RunArgs {
             .unwrap_or_else(|| format!("{MANAGER}-{}", &new_jti()[..8]));
 
         let mut registry = Registry::default();
-        // The signing key Secret lives in the operator's namespace.
+        // The signing key: a Secret in the operator's namespace, or a KMS key (signing.kms).
         let keys = Arc::new(KeyProvider::new(
             client.clone(),
             &self.namespace,
@@ -195,14 +194,15 @@ impl RunArgs {
         let leader_gauge = core.ctx.metrics.leader.clone();
         let admin_state = Arc::new(AdminState {
             registry,
-            ready: Default::default(),
+            readiness: Default::default(),
         });
 
         let shutdown: Shutdown = shutdown_signal().boxed().shared();
         let admin_listener = bind("the admin port", self.admin_addr).await?;
         let admin_server = axum::serve(admin_listener, admin::router(admin_state.clone()))
             .with_graceful_shutdown(shutdown.clone());
-        // Ready once the signing keys are loaded; until then reconciles report KeyUnavailable.
+        // Ready once the signing keys are loaded (from their Secret, or the KMS); until then
+        // reconciles report KeyUnavailable and /readyz says why.
         let readiness = {
             let issuer = core.issuer.clone();
             let admin_state = admin_state.clone();
@@ -210,10 +210,13 @@ impl RunArgs {
                 let mut delay = Duration::from_millis(500);
                 while let Err(error) = issuer.keys().await {
                     tracing::warn!(%error, retry_in = ?delay, "signing keys not loaded yet");
+                    admin_state
+                        .readiness
+                        .set_waiting(format!("signing keys not loaded: {error}"));
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
-                admin_state.ready.store(true, Ordering::SeqCst);
+                admin_state.readiness.set_ready();
             }
         };
 

@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
+use super::kms::{KmsError, KmsSource};
 use super::{KeyError, KeySet, LocalKey};
 use crate::config::SigningConfig;
 
@@ -28,6 +29,8 @@ pub enum StoreError {
         name: String,
         source: KeyError,
     },
+    #[error(transparent)]
+    Kms(#[from] KmsError),
 }
 
 /// Loads the active key, creating it once when its Secret does not exist, and every previous key
@@ -139,17 +142,39 @@ async fn create(
 }
 
 /// Loads the keys on first use and keeps them; a failed load is retried on the next call, so the
-/// operator starts (and reports `KeyUnavailable`) even when the key Secret cannot be read yet.
+/// operator starts (and reports `KeyUnavailable`) even when the key Secret cannot be read or the
+/// KMS cannot be reached yet.
 pub struct KeyProvider {
-    /// Where the keys live; `None` when they were handed over ready-made.
-    source: Option<(Client, String, SigningConfig)>,
+    source: Source,
     keys: tokio::sync::OnceCell<KeySet>,
 }
 
+/// Where the keys live.
+enum Source {
+    /// Secrets in the operator's namespace.
+    Secret(Client, String, SigningConfig),
+    /// A KMS key (`signing.kms`): no Secret is read or created.
+    Kms(KmsSource),
+    /// Handed over ready-made.
+    Ready(KeySet),
+}
+
 impl KeyProvider {
+    /// The keys `signing` names: in a KMS when `signing.kms` is set, else in Secrets.
     pub fn new(client: Client, namespace: &str, signing: SigningConfig) -> Self {
+        match &signing.kms {
+            Some(kms) => Self::from_kms(KmsSource::new(&signing.kid, kms.clone())),
+            None => KeyProvider {
+                source: Source::Secret(client, namespace.to_string(), signing),
+                keys: tokio::sync::OnceCell::new(),
+            },
+        }
+    }
+
+    /// The key in a KMS.
+    pub fn from_kms(source: KmsSource) -> Self {
         KeyProvider {
-            source: Some((client, namespace.to_string(), signing)),
+            source: Source::Kms(source),
             keys: tokio::sync::OnceCell::new(),
         }
     }
@@ -157,19 +182,21 @@ impl KeyProvider {
     /// Keys already in memory (benchmarks, tests of the HTTP endpoint alone).
     pub fn from_keys(keys: KeySet) -> Self {
         KeyProvider {
-            source: None,
-            keys: tokio::sync::OnceCell::new_with(Some(keys)),
+            keys: tokio::sync::OnceCell::new_with(Some(keys.clone())),
+            source: Source::Ready(keys),
         }
     }
 
     pub async fn get(&self) -> Result<&KeySet, StoreError> {
         self.keys
             .get_or_try_init(|| async {
-                let (client, namespace, signing) = self
-                    .source
-                    .as_ref()
-                    .expect("a provider without a source is initialised");
-                load_or_create(client.clone(), namespace, signing).await
+                match &self.source {
+                    Source::Secret(client, namespace, signing) => {
+                        load_or_create(client.clone(), namespace, signing).await
+                    }
+                    Source::Kms(kms) => Ok(kms.load().await?),
+                    Source::Ready(keys) => Ok(keys.clone()),
+                }
             })
             .await
     }
