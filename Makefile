@@ -8,7 +8,7 @@ CRD := crds/bootstraptokens.bootstraptoken.dev.yaml
 CHART := charts/bootstrap-token-operator
 RELEASE := bootstrap-token-operator
 
-.PHONY: all build test run manifests control-plane tools bench fmt clean
+.PHONY: all build test run manifests control-plane kms tools bench fmt clean
 
 all: build
 
@@ -19,6 +19,11 @@ build:
 ## in tests/control-plane/go.mod, cached under ~/.cache and linked as bin/k8s.
 control-plane:
 	@bash tests/control-plane/build.sh
+
+## kms: local-kms, a KMS speaking the AWS KMS API, built from the Go module pinned in
+## tests/local-kms/go.mod, cached under ~/.cache and linked as bin/local-kms (KMS signing tests).
+kms:
+	@bash tests/local-kms/build.sh
 
 ## tools: helm, built from its Go module at a pinned release, cached under ~/.cache, linked as bin/helm.
 tools:
@@ -37,7 +42,7 @@ manifests: tools
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) > deploy/install.yaml
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/clusterrole.yaml > deploy/rbac/clusterrole.yaml
 
-test: control-plane tools
+test: control-plane kms tools
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
@@ -55,7 +60,7 @@ run: control-plane
 
 ## bench: the operator against the local control plane, and the token endpoint under wrk;
 ## every result is a ratio against a baseline measured in the same run (benches/RESULTS.md).
-bench: control-plane
+bench: control-plane kms
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(CARGO) bench --bench endpoint
 	$(CARGO) bench --bench operator
