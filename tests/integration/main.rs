@@ -4,6 +4,9 @@
 mod controller;
 mod gitops;
 mod install;
+mod kms;
+#[path = "../common/kms.rs"]
+mod local_kms;
 mod operations;
 mod process;
 mod shim;
