@@ -133,3 +133,32 @@ fn a_kms_outage_answers_503_and_recovers() {
     assert_eq!(certificate.status, 200, "{}", certificate.body);
     assert!(certificate.body.starts_with("-----BEGIN CERTIFICATE-----"));
 }
+
+/// KMS signs at most 4096 bytes as `RAW`; a longer signing input (a token with many scopes) is
+/// sent as its SHA-256 digest. Both are plain RS256 signatures of the input.
+#[test]
+fn short_and_long_signing_inputs_verify() {
+    use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+    use bootstrap_token_operator::token::Signer;
+
+    let runtime = runtime();
+    runtime.block_on(async {
+        let kms = Kms::start().await;
+        let key_id = kms.create_signing_key().await;
+        let key = kms
+            .source("100", &key_id)
+            .connect()
+            .await
+            .expect("the key loads");
+        let public =
+            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, key.public_key().pkcs1_der());
+        for len in [1, 4096, 4097, 20_000] {
+            let input = vec![b'x'; len];
+            let signature = key.sign(&input).await.expect("the KMS signs");
+            assert_eq!(signature.len(), 256);
+            public
+                .verify(&input, &signature)
+                .unwrap_or_else(|_| panic!("the signature of {len} bytes verifies"));
+        }
+    });
+}
