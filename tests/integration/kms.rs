@@ -149,7 +149,8 @@ async fn a_wrong_key_is_reported_by_id_and_reason() {
 }
 
 /// The binary with `signing.kms` in its config file and credentials from the environment (the
-/// standard AWS chain): ready, signing, no key Secret; with a wrong key, `/readyz` says why.
+/// standard AWS chain): not ready while the KMS is unreachable, then ready by itself, signing,
+/// no key Secret; with a wrong key, `/readyz` says why.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_signs_with_the_kms_in_its_config() {
     let kms = Kms::start().await;
@@ -184,8 +185,21 @@ async fn the_binary_signs_with_the_kms_in_its_config() {
         )
     };
 
+    // The KMS is unreachable when the operator starts: not ready, and /readyz says why, until
+    // the KMS answers.
+    kms.server.stop();
     let ns = env.namespace("kms-binary").await;
     let operator = start(&good, &ns);
+    let (status, body) = eventually("/readyz saying the KMS is unreachable", || async {
+        operator
+            .get("/readyz")
+            .await
+            .filter(|(_, body)| body.contains("GetPublicKey failed"))
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(&good), "{body}");
+    kms.server.restart().await.expect("local-kms restarts");
     eventually("/readyz with the KMS key loaded", || async {
         (operator.get("/readyz").await?.0 == 200).then_some(())
     })
