@@ -105,8 +105,11 @@ impl Core {
         registry: &mut Registry,
     ) -> Core {
         let metrics = Arc::new(ControllerMetrics::new(registry));
+        // Every controller's counters exist at 0 before this replica leads.
         metrics.init_controller(controller::CONTROLLER);
-        metrics.init_controller(shim::CONTROLLER);
+        for kind in shim::CONTROLLERS {
+            metrics.init_controller(kind);
+        }
         let issuer = Arc::new(issuer(config, keys, registry));
         let recorder = EventPublisher::new(
             client.clone(),

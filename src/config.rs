@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::duration;
 use crate::policy::PolicyRule;
 pub use crate::token::BootstrapConfig;
-use crate::token::{TokenProfile, VersionClaim};
+use crate::token::{MAX_LIFETIME, TokenProfile, VersionClaim};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -199,8 +199,22 @@ impl Config {
                 "bootstrap.scope[{i}]: a scope is one non-empty word without whitespace"
             ));
         }
-        if self.bootstrap.lifetime < Duration::from_secs(1) {
-            return Err("bootstrap.lifetime: must be at least 1s".into());
+        let bootstrap = &self.bootstrap;
+        if bootstrap.min_lifetime < Duration::from_secs(1) {
+            return Err("bootstrap.minLifetime: must be at least 1s".into());
+        }
+        if bootstrap.lifetime < bootstrap.min_lifetime {
+            return Err(format!(
+                "bootstrap.lifetime: {} is shorter than bootstrap.minLifetime {}",
+                duration::format(bootstrap.lifetime),
+                duration::format(bootstrap.min_lifetime)
+            ));
+        }
+        if bootstrap.lifetime > MAX_LIFETIME {
+            return Err(format!(
+                "bootstrap.lifetime: must be at most {} (a hundred years)",
+                duration::format(MAX_LIFETIME)
+            ));
         }
         if let Some(renew) = self.bootstrap.renew_before
             && renew >= self.bootstrap.lifetime
@@ -339,6 +353,13 @@ signing:
             ),
             ("bootstrap:\n  scope: [\"a b\"]\n", "bootstrap.scope[0]"),
             ("signing:\n  kid: \"\"\n", "signing.kid"),
+            ("bootstrap:\n  lifetime: 30m\n", "bootstrap.lifetime"),
+            (
+                "bootstrap:\n  lifetime: 3000000000000000h\n",
+                "bootstrap.lifetime",
+            ),
+            ("bootstrap:\n  lifetime: 100000000h\n", "bootstrap.lifetime"),
+            ("bootstrap:\n  minLifetime: 0s\n", "bootstrap.minLifetime"),
             ("policy:\n  - serviceIds: [\"\"]\n", "policy[0].serviceIds"),
             ("signing:\n  kms: {region: r}\n", "keyId"),
             (

@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchPa
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -27,7 +27,9 @@ use crate::resource::{
 };
 use crate::telemetry::{ControllerMetrics, ReasonLabels};
 use crate::token::store::StoreError;
-use crate::token::{BootstrapRequest, Claims, IssueError, Issuer, KeySet, TOKEN_VERSION};
+use crate::token::{
+    BootstrapRequest, Claims, IssueError, Issuer, KeySet, MAX_LIFETIME, TOKEN_VERSION,
+};
 
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "bootstraptoken";
@@ -100,6 +102,9 @@ pub struct Context {
     pub recorder: EventPublisher,
     pub metrics: Arc<ControllerMetrics>,
     failures: Backoff<ObjectRef<BootstrapToken>>,
+    /// The caches of the running controllers (one per watched namespace, or one for all), to
+    /// see which namespace holds a service id.
+    tokens: std::sync::RwLock<Vec<Store<BootstrapToken>>>,
 }
 
 impl Context {
@@ -115,7 +120,27 @@ impl Context {
             recorder,
             metrics,
             failures: Backoff::default(),
+            tokens: Default::default(),
         }
+    }
+
+    /// The namespace that holds `bt`'s service id before it, if another does: the earliest
+    /// BootstrapToken with that id (by creation time, then namespace) keeps it.
+    fn held_elsewhere(&self, bt: &BootstrapToken) -> Option<String> {
+        let namespace = bt.namespace();
+        let key = |b: &BootstrapToken| (b.creation_timestamp(), b.namespace(), b.name_any());
+        let mine = key(bt);
+        let stores = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        stores.iter().find_map(|store| {
+            store
+                .find(|other| {
+                    other.spec.service_id == bt.spec.service_id
+                        && other.namespace() != namespace
+                        && other.metadata.deletion_timestamp.is_none()
+                        && key(other) < mine
+                })
+                .and_then(|holder| holder.namespace())
+        })
     }
 }
 
@@ -156,6 +181,15 @@ pub enum IssueReason {
 }
 
 impl IssueReason {
+    /// Every value of [`IssueReason::label`], the `reason` of the tokens-issued metric.
+    pub const LABELS: [&'static str; 5] = [
+        "secret_missing",
+        "token_invalid",
+        "inputs_changed",
+        "renewal",
+        "requested",
+    ];
+
     fn label(&self) -> &'static str {
         match self {
             IssueReason::SecretMissing => "secret_missing",
@@ -195,6 +229,11 @@ pub enum NotReady {
         namespace: String,
         sid: String,
     },
+    /// Another namespace holds this service id, and no policy rule lets it be shared.
+    HeldElsewhere {
+        sid: String,
+        holder: String,
+    },
 }
 
 impl NotReady {
@@ -202,7 +241,7 @@ impl NotReady {
         match self {
             NotReady::InvalidSpec(_) => Reason::InvalidSpec,
             NotReady::SecretConflict(_) => Reason::SecretConflict,
-            NotReady::Forbidden { .. } => Reason::Forbidden,
+            NotReady::Forbidden { .. } | NotReady::HeldElsewhere { .. } => Reason::Forbidden,
         }
     }
 
@@ -214,6 +253,9 @@ impl NotReady {
             ),
             NotReady::Forbidden { namespace, sid } => format!(
                 "the operator's policy does not allow service id {sid:?} in namespace {namespace}"
+            ),
+            NotReady::HeldElsewhere { sid, holder } => format!(
+                "service id {sid:?} is held by a BootstrapToken in namespace {holder}; a policy rule with shareServiceIds: true lets namespaces share it"
             ),
         }
     }
@@ -239,42 +281,83 @@ pub enum Decision {
     NotReady(NotReady),
     Keep(Terms, Box<Kept>),
     Issue(Terms, IssueReason),
+    /// A new token is due, but the last one was issued less than `minReissueInterval` ago: look
+    /// again after this long, changing nothing meanwhile.
+    Wait(Duration, IssueReason),
 }
 
-/// What to do for `bt`, given the Secret it names (if any), our keys and the time. Pure: every
-/// input is passed in, so it is tested as a table; [`reconcile`] carries the decision out.
-pub fn decide(
-    bt: &BootstrapToken,
-    issuer: &Issuer,
-    existing: Option<&Secret>,
-    keys: &KeySet,
-    now: i64,
-) -> Decision {
+/// What [`decide`] reads besides the object and its Secret.
+pub struct World<'a> {
+    pub issuer: &'a Issuer,
+    pub keys: &'a KeySet,
+    /// The namespace that holds the object's service id before it, if another does.
+    pub held_elsewhere: Option<&'a str>,
+    pub now: i64,
+}
+
+/// What to do for `bt`, given the Secret it names (if any) and the [`World`]. Pure: every input
+/// is passed in, so it is tested as a table; [`reconcile`] carries the decision out.
+pub fn decide(bt: &BootstrapToken, existing: Option<&Secret>, world: &World) -> Decision {
+    let issuer = world.issuer;
     let terms = match terms(bt, issuer) {
         Ok(terms) => terms,
         Err(why) => return Decision::NotReady(NotReady::InvalidSpec(why)),
     };
     if let Some(secret) = existing
-        && !controlled_by(secret, bt)
+        && !controlled_by(&secret.metadata, bt)
     {
         return Decision::NotReady(NotReady::SecretConflict(bt.secret_name()));
     }
     let namespace = bt.namespace().unwrap_or_default();
-    if !issuer.allows(&namespace, &bt.spec.service_id) {
+    let sid = &bt.spec.service_id;
+    if !issuer.allows(&namespace, sid) {
         return Decision::NotReady(NotReady::Forbidden {
             namespace,
-            sid: bt.spec.service_id.clone(),
+            sid: sid.clone(),
         });
     }
-    match reusable(bt, issuer, terms, existing, keys, now) {
-        Ok(kept) => Decision::Keep(terms, Box::new(kept)),
-        Err(reason) => Decision::Issue(terms, reason),
+    if let Some(holder) = world.held_elsewhere
+        && !issuer.allows_sharing(&namespace, sid)
+    {
+        return Decision::NotReady(NotReady::HeldElsewhere {
+            sid: sid.clone(),
+            holder: holder.to_string(),
+        });
+    }
+    let reason = match reusable(bt, issuer, terms, existing, world.keys, world.now) {
+        Ok(kept) => return Decision::Keep(terms, Box::new(kept)),
+        Err(reason) => reason,
+    };
+    let last_issued = bt
+        .status
+        .as_ref()
+        .and_then(|s| s.issued_at.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map(Timestamp::as_second);
+    let interval = i64::try_from(issuer.bootstrap().min_reissue_interval.as_secs()).unwrap_or(0);
+    match last_issued.map(|last| last.saturating_add(interval).saturating_sub(world.now)) {
+        Some(wait) if wait > 0 => Decision::Wait(Duration::from_secs(wait.unsigned_abs()), reason),
+        _ => Decision::Issue(terms, reason),
     }
 }
 
 fn terms(bt: &BootstrapToken, issuer: &Issuer) -> Result<Terms, String> {
+    let bootstrap = issuer.bootstrap();
     let lifetime = match bt.spec.lifetime.as_deref().map(duration::parse).transpose() {
-        Ok(lifetime) => lifetime.unwrap_or(issuer.bootstrap().lifetime),
+        Ok(Some(lifetime)) if lifetime < bootstrap.min_lifetime => {
+            return Err(format!(
+                "spec.lifetime: {} is shorter than the operator's minimum {} (bootstrap.minLifetime)",
+                duration::format(lifetime),
+                duration::format(bootstrap.min_lifetime)
+            ));
+        }
+        Ok(Some(lifetime)) if lifetime > MAX_LIFETIME => {
+            return Err(format!(
+                "spec.lifetime: must be at most {}",
+                duration::format(MAX_LIFETIME)
+            ));
+        }
+        Ok(lifetime) => lifetime.unwrap_or(bootstrap.lifetime),
         Err(e) => return Err(format!("spec.lifetime: {e}")),
     };
     let renew_before = match bt
@@ -287,7 +370,7 @@ fn terms(bt: &BootstrapToken, issuer: &Issuer) -> Result<Terms, String> {
         Ok(Some(renew)) if renew >= lifetime => {
             return Err("spec.renewBefore must be shorter than the lifetime".into());
         }
-        Ok(renew) => renew.unwrap_or_else(|| issuer.bootstrap().renew_before_for(lifetime)),
+        Ok(renew) => renew.unwrap_or_else(|| bootstrap.renew_before_for(lifetime)),
         Err(e) => return Err(format!("spec.renewBefore: {e}")),
     };
     Ok(Terms {
@@ -374,6 +457,8 @@ enum Outcome {
         reason: Reason,
         message: String,
     },
+    /// Nothing was done; the status stays as it is.
+    Unchanged,
 }
 
 #[tracing::instrument(skip_all, fields(namespace = bt.metadata.namespace.as_deref(), name = bt.metadata.name.as_deref()))]
@@ -423,7 +508,14 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     let existing = secrets.get_opt(&secret_name).await?;
     let keys = ctx.issuer.keys().await?;
     let now = Timestamp::now().as_second();
-    let (terms, kept, issued) = match decide(bt, &ctx.issuer, existing.as_ref(), keys, now) {
+    let held_elsewhere = ctx.held_elsewhere(bt);
+    let world = World {
+        issuer: &ctx.issuer,
+        keys,
+        held_elsewhere: held_elsewhere.as_deref(),
+        now,
+    };
+    let (terms, kept, issued) = match decide(bt, existing.as_ref(), &world) {
         Decision::NotReady(not_ready) => {
             if let NotReady::Forbidden { .. } = &not_ready
                 && existing.is_some()
@@ -434,8 +526,11 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
                     .await?;
             }
             let action = match not_ready {
-                // A foreign Secret is not watched: look again now and then.
-                NotReady::SecretConflict(_) => Action::requeue(CONFLICT_REQUEUE),
+                // Neither a foreign Secret nor another namespace's object triggers this one:
+                // look again now and then to see whether it went away.
+                NotReady::SecretConflict(_) | NotReady::HeldElsewhere { .. } => {
+                    Action::requeue(CONFLICT_REQUEUE)
+                }
                 _ => Action::await_change(),
             };
             let outcome = Outcome::NotReady {
@@ -445,6 +540,10 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
             return Ok((outcome, action));
         }
         Decision::Keep(terms, kept) => (terms, *kept, None),
+        Decision::Wait(wait, reason) => {
+            tracing::info!(%reason, ?wait, "a new token is due; waiting out bootstrap.minReissueInterval");
+            return Ok((Outcome::Unchanged, Action::requeue(wait)));
+        }
         Decision::Issue(terms, reason) => {
             let issued = ctx
                 .issuer
@@ -483,6 +582,7 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
             )
             .await?;
     }
+    forget_renamed_secret(bt, &secrets, &secret_name).await?;
     if let Some(reason) = issued {
         let first = bt
             .status
@@ -524,10 +624,42 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     ))
 }
 
-fn controlled_by(secret: &Secret, bt: &BootstrapToken) -> bool {
-    secret
-        .owner_references()
+/// After `spec.secretName` changed, the Secret named before still holds a live token that is no
+/// longer renewed or checked: delete it, if it is ours.
+async fn forget_renamed_secret(
+    bt: &BootstrapToken,
+    secrets: &Api<Secret>,
+    secret_name: &str,
+) -> Result<(), Error> {
+    let Some(previous) = bt
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.as_deref())
+        .filter(|previous| *previous != secret_name)
+    else {
+        return Ok(());
+    };
+    let metadata: Api<PartialObjectMeta<Secret>> = Api::namespaced(
+        secrets.clone().into_client(),
+        &bt.namespace().unwrap_or_default(),
+    );
+    if let Some(old) = metadata.get_metadata_opt(previous).await?
+        && controlled_by(&old.metadata, bt)
+    {
+        secrets.delete(previous, &DeleteParams::default()).await?;
+        tracing::info!(
+            secret = previous,
+            "deleted the Secret spec.secretName no longer names"
+        );
+    }
+    Ok(())
+}
+
+fn controlled_by(metadata: &ObjectMeta, bt: &BootstrapToken) -> bool {
+    metadata
+        .owner_references
         .iter()
+        .flatten()
         .any(|owner| owner.controller == Some(true) && Some(&owner.uid) == bt.metadata.uid.as_ref())
 }
 
@@ -641,8 +773,13 @@ fn rfc3339(seconds: i64) -> String {
 async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> Result<(), Error> {
     let previous = bt.status.clone().unwrap_or_default();
     let previous_ready = bt.ready_condition();
-    let (status, reason, message) = match outcome {
-        Outcome::Ready { claims, .. } => (
+    let (status, reason, message, mut next) = match outcome {
+        Outcome::Unchanged => return Ok(()),
+        Outcome::Ready {
+            claims,
+            kid,
+            renewal,
+        } => (
             "True",
             Reason::Issued.as_str(),
             format!(
@@ -651,6 +788,16 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
                 bt.spec.service_id,
                 rfc3339(claims.exp)
             ),
+            BootstrapTokenStatus {
+                secret_name: Some(bt.secret_name()),
+                key_id: Some(kid.clone()),
+                token_id: Some(claims.jti.clone()),
+                issued_at: Some(rfc3339(claims.iat)),
+                not_before: Some(rfc3339(claims.nbf)),
+                expires_at: Some(rfc3339(claims.exp)),
+                renewal_time: Some(rfc3339(*renewal)),
+                ..Default::default()
+            },
         ),
         Outcome::NotReady { reason, message } => {
             ctx.metrics
@@ -659,25 +806,9 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
                     reason: reason.as_str(),
                 })
                 .inc();
-            ("False", reason.as_str(), message.clone())
+            // Keep what was issued last: the Secret (if any) still holds that token.
+            ("False", reason.as_str(), message.clone(), previous.clone())
         }
-    };
-    let mut next = match outcome {
-        Outcome::Ready {
-            claims,
-            kid,
-            renewal,
-        } => BootstrapTokenStatus {
-            secret_name: Some(bt.secret_name()),
-            key_id: Some(kid.clone()),
-            token_id: Some(claims.jti.clone()),
-            not_before: Some(rfc3339(claims.nbf)),
-            expires_at: Some(rfc3339(claims.exp)),
-            renewal_time: Some(rfc3339(*renewal)),
-            ..Default::default()
-        },
-        // Keep what was issued last: the Secret (if any) still holds that token.
-        Outcome::NotReady { .. } => previous.clone(),
     };
     next.observed_generation = bt.metadata.generation;
     let unchanged = previous_ready.is_some_and(|c| c.status == status && c.reason == reason);
@@ -752,35 +883,41 @@ pub async fn run(
             })
             .collect()
     };
-    let controllers = apis.into_iter().map(|(tokens, secrets)| {
-        // managedFields and kubectl's last-applied copy are most of an object's size and are
-        // never read here: dropping them before the cache keeps memory flat at 10 000 objects.
-        let (store, writer) = reflector::store();
-        let tokens = watcher(tokens, watcher::Config::default())
-            .default_backoff()
-            .modify(|bt: &mut BootstrapToken| {
-                bt.managed_fields_mut().clear();
-                bt.annotations_mut().remove(LAST_APPLIED);
-            })
-            .reflect(writer)
-            .applied_objects()
-            // Our own status writes change neither generation nor annotations: skip the
-            // reconcile each of them would trigger (the spec and the reissue annotation do).
-            .predicate_filter(
-                predicates::generation.combine(predicates::annotations),
-                Default::default(),
-            );
-        Controller::for_stream(tokens, store)
-            .owns(secrets, owned.clone())
-            .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
-            .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "reconcile loop");
-                }
-            })
-    });
+    let mut stores = Vec::new();
+    let controllers: Vec<_> = apis
+        .into_iter()
+        .map(|(tokens, secrets)| {
+            // managedFields and kubectl's last-applied copy are most of an object's size and are
+            // never read here: dropping them before the cache keeps memory flat at 10 000 objects.
+            let (store, writer) = reflector::store();
+            stores.push(store.clone());
+            let tokens = watcher(tokens, watcher::Config::default())
+                .default_backoff()
+                .modify(|bt: &mut BootstrapToken| {
+                    bt.managed_fields_mut().clear();
+                    bt.annotations_mut().remove(LAST_APPLIED);
+                })
+                .reflect(writer)
+                .applied_objects()
+                // Our own status writes change neither generation nor annotations: skip the
+                // reconcile each of them would trigger (the spec and the reissue annotation do).
+                .predicate_filter(
+                    predicates::generation.combine(predicates::annotations),
+                    Default::default(),
+                );
+            Controller::for_stream(tokens, store)
+                .owns(secrets, owned.clone())
+                .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
+                .graceful_shutdown_on(shutdown.clone())
+                .run(reconcile, error_policy, ctx.clone())
+                .for_each(|result| async move {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "reconcile loop");
+                    }
+                })
+        })
+        .collect();
+    *ctx.tokens.write().unwrap_or_else(|e| e.into_inner()) = stores;
     futures::future::join_all(controllers).await;
 }
 
@@ -905,6 +1042,31 @@ mod tests {
         NotReady(Reason),
         Keep,
         Issue(IssueReason),
+        Wait(u64),
+    }
+
+    fn decide_at(
+        bt: &BootstrapToken,
+        issuer: &Issuer,
+        existing: Option<&Secret>,
+        keys: &KeySet,
+        now: i64,
+    ) -> Decision {
+        let world = World {
+            issuer,
+            keys,
+            held_elsewhere: None,
+            now,
+        };
+        decide(bt, existing, &world)
+    }
+
+    fn issued_at(mut bt: BootstrapToken, at: i64) -> BootstrapToken {
+        bt.status = Some(BootstrapTokenStatus {
+            issued_at: Some(rfc3339(at)),
+            ..Default::default()
+        });
+        bt
     }
 
     #[test]
@@ -917,10 +1079,12 @@ mod tests {
         let allowed = vec![PolicyRule {
             namespaces: vec!["team-*".into()],
             service_ids: vec!["com.example.*".into()],
+            ..Default::default()
         }];
         let denied = vec![PolicyRule {
             namespaces: vec!["team-b".into()],
             service_ids: vec![],
+            ..Default::default()
         }];
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
@@ -952,11 +1116,20 @@ mod tests {
             ("reissue annotation removed", bt(|_| {}), vec![], Some(secret(UID, Some(signed(&KEYS, &claims(NOW - 60)).as_bytes()), Some("1"))), NOW, Want::Issue(IssueReason::Requested)),
             ("one second before renewal", bt(|_| {}), vec![], Some(at_renewal.clone()), renewal_at(iat) - 1, Want::Keep),
             ("at renewal time", bt(|_| {}), vec![], Some(at_renewal.clone()), renewal_at(iat), Want::Issue(IssueReason::RenewalDue)),
+            ("lifetime at the configured minimum", bt(|s| s.lifetime = Some("1h".into())), vec![], None, NOW, Want::Issue(IssueReason::SecretMissing)),
+            ("lifetime below the configured minimum", bt(|s| s.lifetime = Some("59m59s".into())), vec![], None, NOW, Want::NotReady(Reason::InvalidSpec)),
+            ("lifetime of a second", bt(|s| s.lifetime = Some("1s".into())), vec![], None, NOW, Want::NotReady(Reason::InvalidSpec)),
+            ("lifetime at the maximum", bt(|s| s.lifetime = Some("876000h".into())), vec![], None, NOW, Want::Issue(IssueReason::SecretMissing)),
+            ("lifetime beyond a hundred years", bt(|s| s.lifetime = Some("876001h".into())), vec![], None, NOW, Want::NotReady(Reason::InvalidSpec)),
+            ("re-issue within minReissueInterval waits", issued_at(with_reissue(bt(|_| {}), "2"), NOW - 4), vec![], Some(fresh.clone()), NOW, Want::Wait(6)),
+            ("a missing Secret waits too", issued_at(bt(|_| {}), NOW - 9), vec![], None, NOW, Want::Wait(1)),
+            ("re-issue at minReissueInterval", issued_at(with_reissue(bt(|_| {}), "2"), NOW - 10), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::Requested)),
+            ("a recent issuance does not hold back keeping", issued_at(bt(|_| {}), NOW - 1), vec![], Some(fresh.clone()), NOW, Want::Keep),
             ("explicit renewBefore moves renewal", bt(|s| s.renew_before = Some("9h".into())), vec![], Some(at_renewal), iat + 3600, Want::Issue(IssueReason::RenewalDue)),
         ];
         for (name, bt, policy, existing, now, want) in cases {
             let issuer = issuer(policy);
-            let got = decide(&bt, &issuer, existing.as_ref(), &KEYS, now);
+            let got = decide_at(&bt, &issuer, existing.as_ref(), &KEYS, now);
             match (&want, &got) {
                 (Want::NotReady(reason), Decision::NotReady(not_ready)) => {
                     assert_eq!(not_ready.reason(), *reason, "{name}: {got:?}")
@@ -971,6 +1144,9 @@ mod tests {
                 (Want::Issue(reason), Decision::Issue(_, got_reason)) => {
                     assert_eq!(got_reason, reason, "{name}")
                 }
+                (Want::Wait(seconds), Decision::Wait(wait, _)) => {
+                    assert_eq!(wait.as_secs(), *seconds, "{name}")
+                }
                 _ => panic!("{name}: got {got:?}"),
             }
         }
@@ -984,7 +1160,7 @@ mod tests {
             ("unknown kid", &*STRANGER_KEYS),
         ] {
             let existing = secret(UID, Some(signed(keys, &claims(NOW - 60)).as_bytes()), None);
-            match decide(&bt(|_| {}), &issuer, Some(&existing), &KEYS, NOW) {
+            match decide_at(&bt(|_| {}), &issuer, Some(&existing), &KEYS, NOW) {
                 Decision::Issue(_, IssueReason::TokenInvalid(_)) => {}
                 other => panic!("{name}: {other:?}"),
             }
@@ -994,7 +1170,7 @@ mod tests {
     #[test]
     fn terms_come_from_the_spec_else_the_configuration() {
         let issuer = issuer(vec![]);
-        let terms_of = |bt: BootstrapToken| match decide(&bt, &issuer, None, &KEYS, NOW) {
+        let terms_of = |bt: BootstrapToken| match decide_at(&bt, &issuer, None, &KEYS, NOW) {
             Decision::Issue(terms, _) => terms,
             other => panic!("{other:?}"),
         };
@@ -1015,6 +1191,37 @@ mod tests {
                 renew_before: HOUR / 2
             }
         );
+    }
+
+    #[test]
+    fn a_service_id_held_in_another_namespace_needs_a_sharing_rule() {
+        let sharing = vec![PolicyRule {
+            service_ids: vec!["com.example.*".into()],
+            share_service_ids: true,
+            ..Default::default()
+        }];
+        for (policy, held_elsewhere, want_forbidden) in [
+            (vec![], None, false),
+            (vec![], Some("team-b"), true),
+            (sharing.clone(), Some("team-b"), false),
+        ] {
+            let issuer = issuer(policy);
+            let world = World {
+                issuer: &issuer,
+                keys: &KEYS,
+                held_elsewhere,
+                now: NOW,
+            };
+            match decide(&bt(|_| {}), None, &world) {
+                Decision::NotReady(not_ready) => {
+                    assert!(want_forbidden, "{not_ready:?}");
+                    assert_eq!(not_ready.reason(), Reason::Forbidden);
+                    assert!(not_ready.message().contains("namespace team-b"));
+                }
+                Decision::Issue(..) => assert!(!want_forbidden, "{held_elsewhere:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub fn parse(text: &str) -> Result<Duration, InvalidDuration> {
         rest = tail;
     }
     let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| invalid())?;
-    Ok(Duration::new(secs, (total_nanos % 1_000_000_000) as u32))
+    let nanos = u32::try_from(total_nanos % 1_000_000_000).map_err(|_| invalid())?;
+    Ok(Duration::new(secs, nanos))
 }
 
 /// Formats whole seconds the way Go prints them (`87600h0m0s`), for messages users compare with their input.

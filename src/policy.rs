@@ -1,9 +1,10 @@
 //! Which service ids may get a token in which namespaces. Without rules anyone who may create a
-//! BootstrapToken could mint a token for any service.
+//! BootstrapToken could mint a token for any service, except that a service id held in one
+//! namespace is never handed to another unless a rule says it may be shared.
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyRule {
     /// Namespace globs (`*`, `?`); empty means every namespace.
@@ -12,6 +13,10 @@ pub struct PolicyRule {
     /// Service id globs; empty means every service id.
     #[serde(default)]
     pub service_ids: Vec<String>,
+    /// Matching service ids may be held in several namespaces at once (by default the first
+    /// namespace to hold one keeps it).
+    #[serde(default)]
+    pub share_service_ids: bool,
 }
 
 impl PolicyRule {
@@ -36,6 +41,13 @@ impl PolicyRule {
 /// No rules allow everything; otherwise one rule must match both namespace and service id.
 pub fn allows(rules: &[PolicyRule], namespace: &str, service_id: &str) -> bool {
     rules.is_empty() || rules.iter().any(|rule| rule.matches(namespace, service_id))
+}
+
+/// Whether `service_id` may be held in `namespace` while another namespace holds it too.
+pub fn allows_sharing(rules: &[PolicyRule], namespace: &str, service_id: &str) -> bool {
+    rules
+        .iter()
+        .any(|rule| rule.share_service_ids && rule.matches(namespace, service_id))
 }
 
 /// `*` matches any run of characters, `?` one character; everything else is literal.
@@ -92,10 +104,37 @@ mod tests {
         let rules = vec![PolicyRule {
             namespaces: vec!["team-*".into()],
             service_ids: vec!["com.team.*".into()],
+            share_service_ids: false,
         }];
         assert!(allows(&rules, "team-a", "com.team.api"));
         assert!(!allows(&rules, "other", "com.team.api"));
         assert!(!allows(&rules, "team-a", "com.other.api"));
         assert!(allows(&[], "anything", "anything"));
+    }
+
+    #[test]
+    fn sharing_needs_an_explicit_matching_rule() {
+        let share = |namespaces: &[&str], share_service_ids| PolicyRule {
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+            service_ids: vec!["com.shared.*".into()],
+            share_service_ids,
+        };
+        assert!(!allows_sharing(&[], "team-a", "com.shared.x"));
+        assert!(!allows_sharing(
+            &[share(&[], false)],
+            "team-a",
+            "com.shared.x"
+        ));
+        assert!(allows_sharing(
+            &[share(&[], true)],
+            "team-a",
+            "com.shared.x"
+        ));
+        assert!(!allows_sharing(&[share(&[], true)], "team-a", "com.other"));
+        assert!(!allows_sharing(
+            &[share(&["team-b"], true)],
+            "team-a",
+            "com.shared.x"
+        ));
     }
 }

@@ -21,15 +21,15 @@ pub mod annotations {
     pub const KEY_ID: &str = "bootstraptoken.dev/key-id";
     pub const EXPIRES_AT: &str = "bootstraptoken.dev/expires-at";
 
-    /// Every annotation of the operator starts with this; the Deployment shim looks only at
-    /// Deployments that carry one.
+    /// Every annotation of the operator starts with this; the workload shim looks only at
+    /// Deployments, StatefulSets and DaemonSets that carry one.
     pub const PREFIX: &str = "bootstraptoken.dev/";
-    /// On a Deployment: `"true"` derives an empty or absent [`SERVICE_ID`] from the labels
+    /// On a workload: `"true"` derives an empty or absent [`SERVICE_ID`] from the labels
     /// `app.kubernetes.io/name` and `app.kubernetes.io/version`; `"false"` turns the shim off.
     pub const ENABLED: &str = "bootstraptoken.dev/enabled";
-    /// On a Deployment: the Secret's name; default `<deployment>-bootstrap-token`.
+    /// On a workload: the Secret's name; default `<workload>-bootstrap-token`.
     pub const SECRET_NAME: &str = "bootstraptoken.dev/secret-name";
-    /// On a Deployment: `"true"` sets the pod-template annotation [`TOKEN_ID`] to each new
+    /// On a workload: `"true"` sets the pod-template annotation [`TOKEN_ID`] to each new
     /// token's id, so the pods roll when the token changes.
     pub const RESTART_ON_REISSUE: &str = "bootstraptoken.dev/restart-on-reissue";
 }
@@ -130,6 +130,10 @@ pub struct BootstrapTokenStatus {
     /// `jti` of the current token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
+    /// `iat` of the current token: the operator issues no new one within
+    /// `bootstrap.minReissueInterval` of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

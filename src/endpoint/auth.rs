@@ -125,7 +125,10 @@ fn with_variant(first: String, second: String) -> Vec<String> {
 /// Percent-decoding, and with `plus_is_space` form-urlencoding's `+` as space (RFC 6749
 /// Appendix B); invalid UTF-8 is replaced, which can only make the candidate wrong, never right.
 fn percent_decode(text: &str, plus_is_space: bool) -> String {
-    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
+    let hex = |b: Option<&u8>| {
+        b.and_then(|&b| char::from(b).to_digit(16))
+            .and_then(|d| u8::try_from(d).ok())
+    };
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -133,7 +136,7 @@ fn percent_decode(text: &str, plus_is_space: bool) -> String {
         if bytes[i] == b'%'
             && let (Some(h), Some(l)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
         {
-            out.push((h * 16 + l) as u8);
+            out.push(h * 16 + l);
             i += 3;
             continue;
         }

@@ -226,11 +226,13 @@ async fn read_params(
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY as u64) {
-        return Err(too_large());
-    }
+    let declared = match declared.map(usize::try_from) {
+        Some(Ok(length)) if length <= MAX_BODY => Some(length),
+        Some(_) => return Err(too_large()),
+        None => None,
+    };
     // Counted as it arrives, so a chunked body cannot grow past the limit either.
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(512).min(MAX_BODY as u64) as usize);
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(512));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| {

@@ -42,7 +42,17 @@ pub struct BootstrapConfig {
     /// Re-issue when less than this remains; default a third of the lifetime, as cert-manager.
     #[serde(default, deserialize_with = "duration::serde_go::option")]
     pub renew_before: Option<Duration>,
+    /// The shortest `spec.lifetime` a BootstrapToken may ask for: a tenant must not set the
+    /// re-issue rate (a token, a Secret write and a rollout every second).
+    #[serde(default = "default_min_lifetime", with = "duration::serde_go")]
+    pub min_lifetime: Duration,
+    /// The shortest time between two issuances for one object, whatever asks for them.
+    #[serde(default = "default_min_reissue_interval", with = "duration::serde_go")]
+    pub min_reissue_interval: Duration,
 }
+
+/// The longest lifetime accepted anywhere: a hundred years keeps every `exp` far from overflow.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn default_bootstrap_client_id() -> String {
     "f7d42348-c647-4efb-a52d-4c5787421e00".into()
@@ -52,6 +62,14 @@ fn default_lifetime() -> Duration {
     Duration::from_secs(315_360_000)
 }
 
+fn default_min_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_min_reissue_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
 impl Default for BootstrapConfig {
     fn default() -> Self {
         BootstrapConfig {
@@ -59,6 +77,8 @@ impl Default for BootstrapConfig {
             scope: Vec::new(),
             lifetime: default_lifetime(),
             renew_before: None,
+            min_lifetime: default_min_lifetime(),
+            min_reissue_interval: default_min_reissue_interval(),
         }
     }
 }
@@ -178,6 +198,11 @@ impl Issuer {
 
     pub fn allows(&self, namespace: &str, sid: &str) -> bool {
         policy::allows(&self.policy, namespace, sid)
+    }
+
+    /// Whether `sid` may be held in `namespace` while another namespace holds it too.
+    pub fn allows_sharing(&self, namespace: &str, sid: &str) -> bool {
+        policy::allows_sharing(&self.policy, namespace, sid)
     }
 
     /// Tokens issued so far with these labels.
@@ -392,6 +417,7 @@ mod tests {
         let issuer = issuer(vec![PolicyRule {
             namespaces: vec!["team-*".into()],
             service_ids: vec!["com.team.*".into()],
+            ..Default::default()
         }]);
         let request = |namespace, sid| BootstrapRequest {
             namespace,

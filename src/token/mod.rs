@@ -15,7 +15,7 @@ pub use certificate::{CertificateError, self_signed_pem};
 pub use claims::{Claims, NOT_BEFORE_SKEW_SECS, TOKEN_VERSION, VersionClaim, new_jti};
 pub use issuer::{
     AccessRequest, BootstrapConfig, BootstrapRequest, IssueError, Issued, IssuedLabels, Issuer,
-    TokenProfile,
+    MAX_LIFETIME, TokenProfile,
 };
 pub use keys::{Key, KeySet, VerifiedToken, VerifyError};
 pub use local::{KeyError, LocalKey};

@@ -107,7 +107,7 @@ fn stalled_connections_are_closed_and_others_served() {
         }
     });
     server.wait_for("the flood is open", Duration::from_secs(10), |s| {
-        s.metrics.open_connections.get() >= (3 * PER_KIND) as i64
+        s.metrics.open_connections.get() >= i64::try_from(3 * PER_KIND).unwrap()
     });
     let rss = rss_mib();
     eprintln!(

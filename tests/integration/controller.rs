@@ -430,7 +430,9 @@ policy:
 #[tokio::test]
 async fn renews_before_expiry_and_on_request() {
     let ns = TestEnv::global().namespace("renew").await;
-    let operator = Operator::start(&ns, CONFIG).await;
+    // Seconds-long tokens, re-issued at once: only a configuration may allow that.
+    let config = format!("{CONFIG}  minLifetime: 1s\n  minReissueInterval: 0s\n");
+    let operator = Operator::start(&ns, &config).await;
     apply_bt(
         &ns,
         bt_manifest(

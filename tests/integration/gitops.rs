@@ -1,59 +1,46 @@
-//! Issue 7: the Argo CD health check, run by a real Lua interpreter on real objects.
-
-use std::process::Command;
+//! Issue 7: the Argo CD health check, run by an embedded Lua 5.4 interpreter on real objects.
 
 use kube::api::{Api, Patch, PatchParams};
-use serde_json::{Value, json};
+use mlua::{Lua, LuaOptions, LuaSerdeExt, SerializeOptions, StdLib, Table};
+use serde_json::json;
 
 use bootstrap_token_operator::resource::BootstrapToken;
 use testenv::{TestEnv, repo_root};
 
 use crate::support::*;
 
-/// A Lua table constructor for a JSON value, as Argo CD hands objects to health scripts.
-fn lua_literal(value: &Value) -> String {
-    match value {
-        Value::Null => "nil".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("{s:?}"),
-        Value::Array(items) => format!(
-            "{{{}}}",
-            items.iter().map(lua_literal).collect::<Vec<_>>().join(", ")
-        ),
-        Value::Object(fields) => format!(
-            "{{{}}}",
-            fields
-                .iter()
-                .map(|(k, v)| format!("[{k:?}] = {}", lua_literal(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 /// Runs deploy/argocd/health.lua on the object, returning (status, message).
+///
+/// As in Argo CD, the object is the global `obj`, JSON `null` is `nil`, and the script gets no
+/// `os` or `io`: a script that leans on either would pass here and fail in Argo CD.
 fn argocd_health(object: &BootstrapToken) -> (String, String) {
     let script = std::fs::read_to_string(repo_root().join("deploy/argocd/health.lua")).unwrap();
-    let program = format!(
-        "obj = {}\nlocal hs = (function()\n{script}\nend)()\nprint(hs.status)\nprint(hs.message)",
-        lua_literal(&serde_json::to_value(object).unwrap())
-    );
-    let out = Command::new("lua5.4")
-        .args(["-e", &program])
-        .output()
-        .expect("lua5.4 runs (apt package lua5.4)");
-    assert!(
-        out.status.success(),
-        "lua: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut lines = text.lines();
-    (
-        lines.next().unwrap_or_default().into(),
-        lines.next().unwrap_or_default().into(),
+    let lua = Lua::new_with(
+        StdLib::STRING | StdLib::TABLE | StdLib::MATH,
+        LuaOptions::default(),
     )
+    .expect("Lua state");
+    let options = SerializeOptions::new()
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false)
+        .set_array_metatable(false);
+    let obj = lua
+        .to_value_with(&serde_json::to_value(object).unwrap(), options)
+        .expect("the object converts to a Lua table");
+    lua.globals().set("obj", obj).unwrap();
+    let hs: Table = lua
+        .load(script)
+        .set_name("health.lua")
+        .eval()
+        .unwrap_or_else(|e| panic!("health.lua: {e}"));
+    let status: String = hs.get("status").expect("hs.status is a string");
+    let message: String = hs.get("message").expect("hs.message is a string");
+    assert!(
+        ["Healthy", "Progressing", "Degraded"].contains(&status.as_str()),
+        "an Argo CD health status: {status}"
+    );
+    assert!(!message.is_empty(), "a message for status {status}");
+    (status, message)
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 
 mod controller;
 mod gitops;
+mod hardening;
+mod image;
 mod install;
 mod kms;
 #[path = "../common/kms.rs"]

@@ -105,7 +105,7 @@ impl OperatorProcess {
 
     /// SIGTERM, then the exit status and how long the exit took.
     pub fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
-        let pid = self.child.id() as libc::pid_t;
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let started = Instant::now();

@@ -1,15 +1,16 @@
 //! Issue 4: annotated Deployments get a child BootstrapToken, through the real API server.
+//! Issue 10: so do StatefulSets and DaemonSets, and one name gives one token across kinds.
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use bootstrap_token_operator::resource::{BootstrapToken, annotations};
-use bootstrap_token_operator::shim::{NAME_LABEL, RESTART_MANAGER, VERSION_LABEL};
+use bootstrap_token_operator::shim::{NAME_LABEL, RESTART_MANAGER, VERSION_LABEL, Workload};
 use testenv::TestEnv;
 
 use crate::support::*;
@@ -19,28 +20,40 @@ bootstrap:
   scope: ["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2"]
 "#;
 
-/// The field manager of the tests' "GitOps tool": it owns the Deployment manifests.
+/// The field manager of the tests' "GitOps tool": it owns the workload manifests.
 const GITOPS: &str = "gitops";
 
-fn deployment_manifest(name: &str, notes: Value, labels: Value) -> Value {
-    json!({
+fn workload_manifest<W: Workload>(name: &str, notes: Value, labels: Value) -> Value {
+    let kind = W::kind(&());
+    let mut manifest = json!({
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": kind,
         "metadata": {"name": name, "annotations": notes, "labels": labels},
         "spec": {
-            "replicas": 1,
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
                 "spec": {"containers": [{"name": "app", "image": "registry.example/app:1.0.0"}]},
             },
         },
-    })
+    });
+    // A DaemonSet runs one pod per node: it has no replica count.
+    if kind != "DaemonSet" {
+        manifest["spec"]["replicas"] = json!(1);
+    }
+    if kind == "StatefulSet" {
+        manifest["spec"]["serviceName"] = json!(name);
+    }
+    manifest
 }
 
-/// Applies a Deployment manifest the way a GitOps tool does (server-side apply, own manager).
-async fn apply_deployment(namespace: &str, manifest: &Value) -> Deployment {
-    let api: Api<Deployment> = Api::namespaced(admin().await, namespace);
+fn deployment_manifest(name: &str, notes: Value, labels: Value) -> Value {
+    workload_manifest::<Deployment>(name, notes, labels)
+}
+
+/// Applies a workload manifest the way a GitOps tool does (server-side apply, own manager).
+async fn apply_workload<W: Workload>(namespace: &str, manifest: &Value) -> W {
+    let api: Api<W> = Api::namespaced(admin().await, namespace);
     let name = manifest["metadata"]["name"].as_str().unwrap();
     api.patch(
         name,
@@ -48,25 +61,37 @@ async fn apply_deployment(namespace: &str, manifest: &Value) -> Deployment {
         &Patch::Apply(manifest),
     )
     .await
-    .expect("Deployment applies")
+    .expect("workload applies")
+}
+
+async fn apply_deployment(namespace: &str, manifest: &Value) -> Deployment {
+    apply_workload(namespace, manifest).await
+}
+
+async fn get_workload<W: Workload>(namespace: &str, name: &str) -> W {
+    Api::<W>::namespaced(admin().await, namespace)
+        .get(name)
+        .await
+        .expect("workload exists")
 }
 
 async fn get_deployment(namespace: &str, name: &str) -> Deployment {
-    Api::<Deployment>::namespaced(admin().await, namespace)
-        .get(name)
-        .await
-        .expect("Deployment exists")
+    get_workload(namespace, name).await
 }
 
-async fn label_deployment(namespace: &str, name: &str, key: &str, value: &str) {
-    Api::<Deployment>::namespaced(admin().await, namespace)
+async fn label_workload<W: Workload>(namespace: &str, name: &str, key: &str, value: &str) {
+    Api::<W>::namespaced(admin().await, namespace)
         .patch(
             name,
             &PatchParams::default(),
             &Patch::Merge(&json!({"metadata": {"labels": {key: value}}})),
         )
         .await
-        .expect("labelling the Deployment");
+        .expect("labelling the workload");
+}
+
+async fn label_deployment(namespace: &str, name: &str, key: &str, value: &str) {
+    label_workload::<Deployment>(namespace, name, key, value).await;
 }
 
 async fn child(namespace: &str, name: &str) -> Option<BootstrapToken> {
@@ -74,6 +99,18 @@ async fn child(namespace: &str, name: &str) -> Option<BootstrapToken> {
         .get_opt(name)
         .await
         .expect("reading a BootstrapToken")
+}
+
+/// Touches the BootstrapToken `name` (a label nothing reads), so its watchers hear of it.
+async fn poke_child(namespace: &str, name: &str, value: &str) {
+    Api::<BootstrapToken>::namespaced(admin().await, namespace)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"poke": value}}})),
+        )
+        .await
+        .expect("touching the BootstrapToken");
 }
 
 /// The `sid` of the token in the Secret, once the Secret holds a token.
@@ -85,11 +122,9 @@ async fn sid_in(namespace: &str, secret_name: &str) -> Option<String> {
 }
 
 /// The pod-template annotation the shim keeps for restart-on-reissue.
-fn template_token_id(deployment: &Deployment) -> Option<String> {
-    deployment
-        .spec
-        .as_ref()?
-        .template
+fn template_token_id<W: Workload>(workload: &W) -> Option<String> {
+    workload
+        .pod_template()?
         .metadata
         .as_ref()?
         .annotations
@@ -98,23 +133,63 @@ fn template_token_id(deployment: &Deployment) -> Option<String> {
         .cloned()
 }
 
-/// Events regarding the Deployment `name` (a child BootstrapToken has the same name), as
-/// (type, reason, note).
-async fn deployment_events(namespace: &str, name: &str) -> Vec<(String, String, String)> {
-    events_regarding(namespace, "Deployment", name).await
+/// The id of the child `name`'s current token, while it is Ready.
+async fn ready_token_id(namespace: &str, name: &str) -> Option<String> {
+    let bt = child(namespace, name).await?;
+    (bt.ready_condition()?.status == "True").then_some(())?;
+    bt.status?.token_id
 }
 
-async fn wait_event(namespace: &str, name: &str, reason: &str) -> (String, String, String) {
+/// Events regarding the workload `name` of kind `W` (a child BootstrapToken has the same name),
+/// as (type, reason, note).
+async fn workload_events<W: Workload>(
+    namespace: &str,
+    name: &str,
+) -> Vec<(String, String, String)> {
+    events_regarding(namespace, &W::kind(&()), name).await
+}
+
+async fn deployment_events(namespace: &str, name: &str) -> Vec<(String, String, String)> {
+    workload_events::<Deployment>(namespace, name).await
+}
+
+async fn wait_event_on<W: Workload>(
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> (String, String, String) {
     eventually(
-        &format!("a {reason} event on Deployment {name}"),
+        &format!("a {reason} event on {} {name}", W::kind(&())),
         || async {
-            deployment_events(namespace, name)
+            workload_events::<W>(namespace, name)
                 .await
                 .into_iter()
                 .find(|(_, r, _)| r == reason)
         },
     )
     .await
+}
+
+async fn wait_event(namespace: &str, name: &str, reason: &str) -> (String, String, String) {
+    wait_event_on::<Deployment>(namespace, name, reason).await
+}
+
+/// `RolloutTriggered` events regarding workloads of kind `W` (a series, should events ever be
+/// merged, counts the same).
+async fn rollouts<W: Workload>(namespace: &str) -> i32 {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin().await, namespace);
+    let kind = W::kind(&());
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("RolloutTriggered")
+                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some(kind.as_ref())
+        })
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum()
 }
 
 /// Waits until neither controller reconciles nor writes for half a second; returns the writes.
@@ -327,11 +402,7 @@ async fn restart_on_reissue_rolls_the_pods_exactly_when_the_token_changes() {
     };
     apply_deployment(&ns, &manifest("svc-rolling")).await;
     let tokens: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
-    let token_id = || async {
-        let bt = tokens.get_opt("rolling").await.ok()??;
-        (bt.ready_condition()?.status == "True").then_some(())?;
-        bt.status?.token_id
-    };
+    let token_id = || ready_token_id(&ns, "rolling");
 
     // The first token is recorded too (one rollout, so pods that started before the Secret
     // existed are replaced by ones that mount it).
@@ -366,14 +437,7 @@ async fn restart_on_reissue_rolls_the_pods_exactly_when_the_token_changes() {
     label_deployment(&ns, "rolling", VERSION_LABEL, "poke").await;
     wait_shim_reconcile_after(&operator, start).await;
     let start = operator.shim_reconciles();
-    tokens
-        .patch(
-            "rolling",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"labels": {"poke": "1"}}})),
-        )
-        .await
-        .unwrap();
+    poke_child(&ns, "rolling", "1").await;
     wait_shim_reconcile_after(&operator, start).await;
     apply_deployment(&ns, &manifest("svc-rolling")).await;
     assert_eq!(settle(&operator).await, writes, "no-op reconciles wrote");
@@ -423,21 +487,8 @@ async fn restart_on_reissue_rolls_the_pods_exactly_when_the_token_changes() {
     let deployment = get_deployment(&ns, "rolling").await;
     assert_eq!(deployment.metadata.generation, Some(generation + 3));
     assert_eq!(template_token_id(&deployment), token_id().await);
-    // Three rollouts, three events (a series, should events ever be merged, counts the same).
-    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin().await, &ns);
-    let rollouts: i32 = api
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some("RolloutTriggered")
-                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Deployment")
-        })
-        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
-        .sum();
-    assert_eq!(rollouts, 3);
+    // Three rollouts, three events.
+    assert_eq!(rollouts::<Deployment>(&ns).await, 3);
     operator.stop().await;
 }
 
@@ -674,5 +725,257 @@ async fn unusable_annotations_warn_and_create_nothing() {
     for (name, ..) in &cases {
         assert!(child(&ns, name).await.is_none(), "{name} got a child");
     }
+    operator.stop().await;
+}
+
+/// A StatefulSet or DaemonSet gets a token as a Deployment does, and with restart-on-reissue its
+/// pod template's token id changes exactly once per new token.
+async fn gets_a_token_and_rolls_once_per_token<W: Workload>(namespace_prefix: &str) {
+    let ns = TestEnv::global().namespace(namespace_prefix).await;
+    let operator = Operator::start(&ns, CONFIG).await;
+    let kind = W::kind(&());
+    let manifest = |id: &str| {
+        workload_manifest::<W>(
+            "rolling",
+            json!({annotations::SERVICE_ID: id, annotations::RESTART_ON_REISSUE: "true"}),
+            json!({}),
+        )
+    };
+    let applied = apply_workload::<W>(&ns, &manifest("svc-rolling")).await;
+
+    // The child: named after the workload, controlled by it; its Secret holds the token.
+    let bt = wait_ready(&ns, "rolling").await;
+    let owner = &bt.owner_references()[0];
+    assert_eq!(
+        (owner.api_version.as_str(), owner.kind.as_str()),
+        ("apps/v1", kind.as_ref())
+    );
+    assert_eq!(Some(&owner.uid), applied.meta().uid.as_ref());
+    assert_eq!(owner.controller, Some(true));
+    let sid = eventually("the Secret's token", || {
+        sid_in(&ns, "rolling-bootstrap-token")
+    })
+    .await;
+    assert_eq!(sid, "svc-rolling");
+    wait_event_on::<W>(&ns, "rolling", "CreatedBootstrapToken").await;
+
+    let first = eventually("the first token id in the pod template", || async {
+        let id = ready_token_id(&ns, "rolling").await?;
+        (template_token_id(&get_workload::<W>(&ns, "rolling").await)? == id).then_some(id)
+    })
+    .await;
+    let writes = settle(&operator).await;
+    let workload = get_workload::<W>(&ns, "rolling").await;
+    let generation = workload.meta().generation.unwrap();
+    let restart_fields: Vec<_> = workload
+        .meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| entry.manager.as_deref() == Some(RESTART_MANAGER))
+        .collect();
+    assert_eq!(restart_fields.len(), 1, "{restart_fields:?}");
+    assert_eq!(
+        restart_fields[0].fields_v1.as_ref().unwrap().0,
+        json!({"f:spec": {"f:template": {"f:metadata": {"f:annotations": {
+            "f:bootstraptoken.dev/token-id": {}
+        }}}}})
+    );
+
+    // No-op reconciles (a label the shim reads, the child touched, the manifest re-applied)
+    // write nothing and leave the generation alone.
+    let start = operator.shim_reconciles();
+    label_workload::<W>(&ns, "rolling", VERSION_LABEL, "poke").await;
+    wait_shim_reconcile_after(&operator, start).await;
+    let start = operator.shim_reconciles();
+    poke_child(&ns, "rolling", "1").await;
+    wait_shim_reconcile_after(&operator, start).await;
+    apply_workload::<W>(&ns, &manifest("svc-rolling")).await;
+    assert_eq!(settle(&operator).await, writes, "no-op reconciles wrote");
+    let workload = get_workload::<W>(&ns, "rolling").await;
+    assert_eq!(workload.meta().generation, Some(generation));
+    assert_eq!(template_token_id(&workload), Some(first.clone()));
+
+    // A re-issued token: one template change.
+    Api::<BootstrapToken>::namespaced(admin().await, &ns)
+        .patch(
+            "rolling",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {annotations::REISSUE: "1"}}})),
+        )
+        .await
+        .unwrap();
+    let second = eventually("the re-issued token id in the pod template", || async {
+        let id = ready_token_id(&ns, "rolling").await?;
+        (id != first && template_token_id(&get_workload::<W>(&ns, "rolling").await)? == id)
+            .then_some(id)
+    })
+    .await;
+    settle(&operator).await;
+    assert_eq!(
+        get_workload::<W>(&ns, "rolling").await.meta().generation,
+        Some(generation + 1)
+    );
+
+    // A new service id: a new token, and once more one template change on top of the
+    // manifest's own.
+    let applied = apply_workload::<W>(&ns, &manifest("svc-rolling-2")).await;
+    let applied_generation = applied.meta().generation.unwrap();
+    eventually("the new service's token id in the pod template", || async {
+        let id = ready_token_id(&ns, "rolling").await?;
+        let sid = sid_in(&ns, "rolling-bootstrap-token").await?;
+        (id != second
+            && sid == "svc-rolling-2"
+            && template_token_id(&get_workload::<W>(&ns, "rolling").await)? == id)
+            .then_some(())
+    })
+    .await;
+    settle(&operator).await;
+    let workload = get_workload::<W>(&ns, "rolling").await;
+    assert_eq!(workload.meta().generation, Some(applied_generation + 1));
+    assert_eq!(
+        template_token_id(&workload),
+        ready_token_id(&ns, "rolling").await
+    );
+    assert_eq!(rollouts::<W>(&ns).await, 3);
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn statefulset_gets_a_token_and_rolls_once_per_token() {
+    gets_a_token_and_rolls_once_per_token::<StatefulSet>("shim-sts").await;
+}
+
+#[tokio::test]
+async fn daemonset_gets_a_token_and_rolls_once_per_token() {
+    gets_a_token_and_rolls_once_per_token::<DaemonSet>("shim-ds").await;
+}
+
+/// The controlling owner of the child `name`, as (kind, uid).
+async fn child_owner(namespace: &str, name: &str) -> Option<(String, String)> {
+    let bt = child(namespace, name).await?;
+    let owner = bt
+        .owner_references()
+        .iter()
+        .find(|owner| owner.controller == Some(true))?;
+    Some((owner.kind.clone(), owner.uid.clone()))
+}
+
+#[tokio::test]
+async fn workloads_of_two_kinds_with_one_name_get_one_token() {
+    let ns = TestEnv::global().namespace("shim-collision").await;
+    let operator = Operator::start(&ns, CONFIG).await;
+    let statefulset = |notes: Value| workload_manifest::<StatefulSet>("twin", notes, json!({}));
+    let deployment = apply_deployment(
+        &ns,
+        &deployment_manifest(
+            "twin",
+            json!({annotations::SERVICE_ID: "svc-deployment"}),
+            json!({}),
+        ),
+    )
+    .await;
+    apply_workload::<StatefulSet>(&ns, &statefulset(json!({}))).await;
+    wait_ready(&ns, "twin").await;
+    eventually("the Deployment's token", || async {
+        (sid_in(&ns, "twin-bootstrap-token").await? == "svc-deployment").then_some(())
+    })
+    .await;
+    settle(&operator).await;
+
+    // The owner's kind decides: the Deployment's child, touched, triggers the Deployment and
+    // never the (unannotated) StatefulSet of the same name.
+    let start = operator.shim_reconciles_of::<Deployment>();
+    poke_child(&ns, "twin", "1").await;
+    eventually("the Deployment reconciled", || async {
+        (operator.shim_reconciles_of::<Deployment>() > start).then_some(())
+    })
+    .await;
+    settle(&operator).await;
+    assert_eq!(operator.shim_reconciles_of::<StatefulSet>(), 0);
+
+    // Annotated too, the StatefulSet gets a Warning naming the owner, and no token.
+    let before = child(&ns, "twin").await.unwrap();
+    let statefulset = apply_workload::<StatefulSet>(
+        &ns,
+        &statefulset(json!({annotations::SERVICE_ID: "svc-statefulset"})),
+    )
+    .await;
+    let (type_, _, note) =
+        wait_event_on::<StatefulSet>(&ns, "twin", "BootstrapTokenConflict").await;
+    assert_eq!(type_, "Warning");
+    assert!(note.contains("belongs to Deployment twin"), "{note}");
+    settle(&operator).await;
+    let after = child(&ns, "twin").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(
+        child_owner(&ns, "twin").await,
+        Some(("Deployment".into(), deployment.uid().unwrap()))
+    );
+    assert_eq!(
+        sid_in(&ns, "twin-bootstrap-token").await.as_deref(),
+        Some("svc-deployment")
+    );
+    let conflicts = workload_events::<StatefulSet>(&ns, "twin").await;
+    assert_eq!(
+        conflicts
+            .iter()
+            .filter(|(_, r, _)| r == "BootstrapTokenConflict")
+            .count(),
+        1,
+        "{conflicts:?}"
+    );
+
+    // The Deployment deleted, garbage collection takes its child and the StatefulSet gets its
+    // own.
+    Api::<Deployment>::namespaced(admin().await, &ns)
+        .delete("twin", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the StatefulSet's own child and token", || async {
+        let owner = child_owner(&ns, "twin").await?;
+        (owner == ("StatefulSet".into(), statefulset.uid()?)
+            && sid_in(&ns, "twin-bootstrap-token").await? == "svc-statefulset")
+            .then_some(())
+    })
+    .await;
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn workloads_of_two_kinds_created_together_get_one_token() {
+    let ns = TestEnv::global().namespace("shim-race").await;
+    let operator = Operator::start(&ns, CONFIG).await;
+    let notes = json!({annotations::SERVICE_ID: "svc-pair"});
+    let statefulset = workload_manifest::<StatefulSet>("pair", notes.clone(), json!({}));
+    let daemonset = workload_manifest::<DaemonSet>("pair", notes, json!({}));
+    let (statefulset, daemonset) = futures::join!(
+        apply_workload::<StatefulSet>(&ns, &statefulset),
+        apply_workload::<DaemonSet>(&ns, &daemonset),
+    );
+    wait_ready(&ns, "pair").await;
+    let owner = child_owner(&ns, "pair").await.unwrap();
+    settle(&operator).await;
+    // The first creation won and kept the child; the other was told, once, and created nothing.
+    assert_eq!(child_owner(&ns, "pair").await, Some(owner.clone()));
+    let statefulset_events = workload_events::<StatefulSet>(&ns, "pair").await;
+    let daemonset_events = workload_events::<DaemonSet>(&ns, "pair").await;
+    let (winner, loser) = if owner == ("StatefulSet".into(), statefulset.uid().unwrap()) {
+        (statefulset_events, daemonset_events)
+    } else {
+        assert_eq!(owner, ("DaemonSet".into(), daemonset.uid().unwrap()));
+        (daemonset_events, statefulset_events)
+    };
+    let reasons = |events: &[(String, String, String)]| -> Vec<String> {
+        events.iter().map(|(_, reason, _)| reason.clone()).collect()
+    };
+    assert!(
+        reasons(&winner).contains(&"CreatedBootstrapToken".into()),
+        "{winner:?}"
+    );
+    assert_eq!(reasons(&loser), ["BootstrapTokenConflict"], "{loser:?}");
     operator.stop().await;
 }

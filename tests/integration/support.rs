@@ -35,10 +35,15 @@ impl Operator {
     /// Starts the controller for `namespace` as the restricted operator identity; its signing
     /// key Secret lives in the same namespace.
     pub async fn start(namespace: &str, config_yaml: &str) -> Operator {
+        Operator::start_watching(&[namespace], config_yaml).await
+    }
+
+    /// Watches every namespace of `namespaces`; the key Secret lives in the first.
+    pub async fn start_watching(namespaces: &[&str], config_yaml: &str) -> Operator {
         let config = Config::parse(config_yaml).expect("test config is valid");
         let (client, writes) = TestEnv::global().operator_client_counting_writes().await;
-        let keys = KeyProvider::new(client.clone(), namespace, config.signing.clone());
-        Operator::start_with(client, writes, namespace, &config, keys)
+        let keys = KeyProvider::new(client.clone(), namespaces[0], config.signing.clone());
+        Operator::start_with(client, writes, namespaces, &config, keys)
     }
 
     /// Starts the controllers signing with `keys` instead of the key Secret.
@@ -54,13 +59,13 @@ impl Operator {
     ) -> Operator {
         let config = Config::parse(config_yaml).expect("test config is valid");
         let (client, writes) = TestEnv::global().operator_client_counting_writes().await;
-        Operator::start_with(client, writes, namespace, &config, keys)
+        Operator::start_with(client, writes, &[namespace], &config, keys)
     }
 
     fn start_with(
         client: kube::Client,
         writes: testenv::WriteCounter,
-        namespace: &str,
+        namespaces: &[&str],
         config: &Config,
         keys: KeyProvider,
     ) -> Operator {
@@ -73,7 +78,7 @@ impl Operator {
         ));
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = stopped.map(|_| ()).boxed().shared();
-        let namespaces = vec![namespace.to_string()];
+        let namespaces: Vec<String> = namespaces.iter().map(|ns| ns.to_string()).collect();
         let task = tokio::spawn({
             let core = core.clone();
             async move { core.reconcile(&namespaces, shutdown).await }
@@ -104,9 +109,25 @@ impl Operator {
         self.ctx.metrics.reconcile_count(controller::CONTROLLER)
     }
 
-    /// Reconciles of the Deployment shim so far.
+    /// Bootstrap tokens this operator instance signed so far.
+    pub fn issued(&self) -> u64 {
+        controller::IssueReason::LABELS
+            .into_iter()
+            .map(|reason| self.ctx.issuer.issued_count("bootstrap", reason))
+            .sum()
+    }
+
+    /// Reconciles of the workload shim so far, every kind.
     pub fn shim_reconciles(&self) -> u64 {
-        self.ctx.metrics.reconcile_count(shim::CONTROLLER)
+        shim::CONTROLLERS
+            .into_iter()
+            .map(|controller| self.ctx.metrics.reconcile_count(controller))
+            .sum()
+    }
+
+    /// Reconciles of the shim's controller for one kind of workload so far.
+    pub fn shim_reconciles_of<W: shim::Workload>(&self) -> u64 {
+        self.ctx.metrics.reconcile_count(W::CONTROLLER)
     }
 
     pub async fn keys(&self) -> &bootstrap_token_operator::token::KeySet {
