@@ -393,3 +393,109 @@ signing:
         }
     }
 }
+
+/// The `endpoint:` section, read through the whole file so errors carry the full field path.
+#[cfg(test)]
+mod endpoint_section_tests {
+    use super::Config;
+    use crate::endpoint::Grant;
+
+    #[test]
+    fn defaults() {
+        let config = Config::parse("").unwrap();
+        let endpoint = &config.endpoint;
+        assert!(endpoint.enabled);
+        assert_eq!(endpoint.port, 6882);
+        assert_eq!(endpoint.access_token_lifetime.as_secs(), 600);
+        assert!(endpoint.reuse.enabled);
+        assert_eq!(
+            endpoint
+                .reuse_min_remaining(endpoint.access_token_lifetime)
+                .as_secs(),
+            300
+        );
+        assert!(endpoint.clients.is_empty());
+        let connections = &endpoint.connections;
+        assert_eq!(connections.max, 1024);
+        assert_eq!(connections.header_read_timeout.as_secs(), 10);
+        assert_eq!(connections.body_timeout.as_secs(), 10);
+        assert_eq!(connections.idle_timeout.as_secs(), 60);
+        assert_eq!(connections.tls_handshake_timeout.as_secs(), 10);
+        assert!(endpoint.throttle.enabled);
+        assert_eq!(endpoint.throttle.burst, 5);
+        assert_eq!(endpoint.throttle.interval.as_secs(), 60);
+        assert_eq!(endpoint.throttle.max_tracked, 10_000);
+        assert_eq!(endpoint.hash_concurrency, 1);
+    }
+
+    #[test]
+    fn reads_a_full_section() {
+        let config = Config::parse(
+            r#"
+endpoint:
+  address: 127.0.0.1
+  port: 8443
+  extraTokenPaths: [/oauth/token, /auth/token, /oauth]
+  publicUrl: https://tokens.example.com
+  tls: {certFile: /tls/tls.crt, keyFile: /tls/tls.key, reloadInterval: 1m}
+  accessTokenLifetime: 1h
+  reuse: {minRemaining: 10m}
+  clients:
+    - clientId: f7d42348-c647-4efb-a52d-4c5787421e72
+      clientSecret: {hash: "1000:74657374:000102030405060708090a0b0c0d0e0f"}
+      scopes: [petstore.r, petstore.w]
+      audiences: [https://api.example.com/]
+    - clientId: f7d42348-c647-4efb-a52d-4c5787421e00
+      clientSecret: {secretRef: {name: oauth-clients, key: bootstrap}}
+      grantTypes: [bootstrap_token]
+"#,
+        )
+        .unwrap();
+        let endpoint = &config.endpoint;
+        assert_eq!(endpoint.extra_token_paths.len(), 3);
+        assert_eq!(endpoint.tls.as_ref().unwrap().reload_interval.as_secs(), 60);
+        assert_eq!(
+            endpoint
+                .reuse_min_remaining(endpoint.access_token_lifetime)
+                .as_secs(),
+            600
+        );
+        assert_eq!(endpoint.clients[1].grant_types, [Grant::BootstrapToken]);
+    }
+
+    #[test]
+    fn bad_sections_name_the_field() {
+        let client = |extra: &str| {
+            format!(
+                "endpoint:\n  clients:\n    - clientId: a\n      clientSecret: {{hash: \"sha256:{}\"}}\n{extra}",
+                "0".repeat(64)
+            )
+        };
+        let cases = [
+            ("endpoint:\n  extraTokenPaths: [oauth]\n".to_string(), "endpoint.extraTokenPaths[0]"),
+            ("endpoint:\n  extraTokenPaths: [/oauth2/keys]\n".into(), "endpoint.extraTokenPaths[0]"),
+            ("endpoint:\n  extraTokenPaths: [/a, /a]\n".into(), "endpoint.extraTokenPaths[1]"),
+            ("endpoint:\n  publicUrl: example.com\n".into(), "endpoint.publicUrl"),
+            ("endpoint:\n  accessTokenLifetime: 0s\n".into(), "endpoint.accessTokenLifetime"),
+            ("endpoint:\n  prt: 1\n".into(), "prt"),
+            ("endpoint:\n  connections: {max: 0}\n".into(), "endpoint.connections.max"),
+            ("endpoint:\n  connections: {headerReadTimeout: 500ms}\n".into(), "endpoint.connections.headerReadTimeout"),
+            ("endpoint:\n  connections: {bodyTimeout: 2h}\n".into(), "endpoint.connections.bodyTimeout"),
+            ("endpoint:\n  connections: {idleTimeout: 0s}\n".into(), "endpoint.connections.idleTimeout"),
+            ("endpoint:\n  connections: {tlsHandshakeTimeout: 0s}\n".into(), "endpoint.connections.tlsHandshakeTimeout"),
+            ("endpoint:\n  throttle: {burst: 0}\n".into(), "endpoint.throttle.burst"),
+            ("endpoint:\n  throttle: {interval: 100ms}\n".into(), "endpoint.throttle.interval"),
+            ("endpoint:\n  throttle: {maxTracked: 0}\n".into(), "endpoint.throttle.maxTracked"),
+            ("endpoint:\n  hashConcurrency: 0\n".into(), "endpoint.hashConcurrency"),
+            (client("      grantTypes: [password]\n"), "endpoint.clients[0].grantTypes[0]"),
+            (client("      scopes: [\"a b\"]\n"), "endpoint.clients[0].scopes[0]"),
+            (client("  reuse: {minRemaining: 10m}\n"), "endpoint.clients[0].tokenLifetime"),
+            ("endpoint:\n  clients:\n    - clientId: a\n      clientSecret: {hash: \"md5:00\"}\n".into(), "endpoint.clients[0].clientSecret.hash"),
+            ("endpoint:\n  clients:\n    - clientId: \"a:b\"\n      clientSecret: {hash: \"1000:00:00\"}\n".into(), "endpoint.clients[0].clientId"),
+        ];
+        for (text, field) in cases {
+            let err = Config::parse(&text).unwrap_err();
+            assert!(err.contains(field), "{text:?}: {err:?} should name {field}");
+        }
+    }
+}

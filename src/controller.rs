@@ -105,6 +105,8 @@ pub struct Context {
     /// The caches of the running controllers (one per watched namespace, or one for all), to
     /// see which namespace holds a service id.
     tokens: std::sync::RwLock<Vec<Store<BootstrapToken>>>,
+    /// The metadata of the Secrets the operator manages, from the same controllers' watches.
+    owned_secrets: std::sync::RwLock<Vec<Store<PartialObjectMeta<Secret>>>>,
 }
 
 impl Context {
@@ -121,7 +123,17 @@ impl Context {
             metrics,
             failures: Backoff::default(),
             tokens: Default::default(),
+            owned_secrets: Default::default(),
         }
+    }
+
+    fn cached_secret(&self, namespace: &str, name: &str) -> Option<ObjectMeta> {
+        let key = ObjectRef::new(name).within(namespace);
+        let stores = self.owned_secrets.read().unwrap_or_else(|e| e.into_inner());
+        stores
+            .iter()
+            .find_map(|store| store.get(&key))
+            .map(|secret| secret.metadata.clone())
     }
 
     /// The namespace that holds `bt`'s service id before it, if another does: the earliest
@@ -505,7 +517,7 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     let namespace = bt.namespace().unwrap_or_default();
     let secret_name = bt.secret_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let existing = secrets.get_opt(&secret_name).await?;
+    let existing = read_secret(ctx, bt, &secrets, &secret_name).await?;
     let keys = ctx.issuer.keys().await?;
     let now = Timestamp::now().as_second();
     let held_elsewhere = ctx.held_elsewhere(bt);
@@ -622,6 +634,34 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
         },
         Action::requeue(wait),
     ))
+}
+
+/// The Secret `bt` names. Its metadata comes from the watch cache (one metadata GET when the
+/// cache does not have it: a Secret someone else made, or one not seen yet); its data is read
+/// only when the Secret is this object's, so a tenant's Secret is never read.
+async fn read_secret(
+    ctx: &Context,
+    bt: &BootstrapToken,
+    secrets: &Api<Secret>,
+    name: &str,
+) -> Result<Option<Secret>, Error> {
+    let namespace = bt.namespace().unwrap_or_default();
+    let metadata = match ctx.cached_secret(&namespace, name) {
+        Some(metadata) => Some(metadata),
+        None => {
+            let api: Api<PartialObjectMeta<Secret>> =
+                Api::namespaced(ctx.client.clone(), &namespace);
+            api.get_metadata_opt(name).await?.map(|m| m.metadata)
+        }
+    };
+    match metadata {
+        None => Ok(None),
+        Some(metadata) if !controlled_by(&metadata, bt) => Ok(Some(Secret {
+            metadata,
+            ..Default::default()
+        })),
+        Some(_) => Ok(secrets.get_opt(name).await?),
+    }
 }
 
 /// After `spec.secretName` changed, the Secret named before still holds a live token that is no
@@ -884,6 +924,7 @@ pub async fn run(
             .collect()
     };
     let mut stores = Vec::new();
+    let mut secret_stores = Vec::new();
     let controllers: Vec<_> = apis
         .into_iter()
         .map(|(tokens, secrets)| {
@@ -905,8 +946,19 @@ pub async fn run(
                     predicates::generation.combine(predicates::annotations),
                     Default::default(),
                 );
+            let (secret_store, secret_writer) = reflector::store();
+            secret_stores.push(secret_store);
+            let owned_secrets = watcher(secrets, owned.clone())
+                .default_backoff()
+                .modify(|secret: &mut PartialObjectMeta<Secret>| {
+                    secret.managed_fields_mut().clear();
+                })
+                .reflect(secret_writer)
+                // Deletions too: a Secret that lost our label leaves the watch as a deletion,
+                // and its owner must put the label back.
+                .touched_objects();
             Controller::for_stream(tokens, store)
-                .owns(secrets, owned.clone())
+                .owns_stream(owned_secrets)
                 .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile, error_policy, ctx.clone())
@@ -918,6 +970,7 @@ pub async fn run(
         })
         .collect();
     *ctx.tokens.write().unwrap_or_else(|e| e.into_inner()) = stores;
+    *ctx.owned_secrets.write().unwrap_or_else(|e| e.into_inner()) = secret_stores;
     futures::future::join_all(controllers).await;
 }
 
@@ -926,13 +979,11 @@ mod tests {
     use std::sync::LazyLock;
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-    use prometheus_client::registry::Registry;
 
     use super::*;
     use crate::policy::PolicyRule;
     use crate::resource::BootstrapTokenSpec;
-    use crate::token::store::KeyProvider;
-    use crate::token::{BootstrapConfig, LocalKey, TokenProfile, VersionClaim};
+    use crate::token::{BootstrapConfig, LocalKey, VersionClaim, test_issuer};
 
     const UID: &str = "0b7c3b1e-0000-4000-8000-000000000001";
     const NOW: i64 = 1_800_000_000;
@@ -947,21 +998,12 @@ mod tests {
         LazyLock::new(|| KeySet::new(LocalKey::generate("7").unwrap(), vec![]));
 
     fn issuer(policy: Vec<PolicyRule>) -> Issuer {
-        Issuer::new(
-            TokenProfile {
-                issuer: "urn:com:networknt:oauth2:v1".into(),
-                audience: "urn:com.networknt".into(),
-                version_claim: VersionClaim::Version,
-            },
-            BootstrapConfig {
-                scope: vec!["scope.a".into()],
-                lifetime: 10 * HOUR,
-                ..Default::default()
-            },
-            policy,
-            Arc::new(KeyProvider::from_keys(KEYS.clone())),
-            &mut Registry::default(),
-        )
+        let bootstrap = BootstrapConfig {
+            scope: vec!["scope.a".into()],
+            lifetime: 10 * HOUR,
+            ..Default::default()
+        };
+        test_issuer(bootstrap, policy, KEYS.clone())
     }
 
     fn bt(spec: impl FnOnce(&mut BootstrapTokenSpec)) -> BootstrapToken {

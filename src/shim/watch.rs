@@ -165,12 +165,7 @@ mod tests {
     use kube::core::PartialObjectMetaExt;
     use kube::runtime::reflector;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::shim::wanted::tests::map;
 
     fn deployment(
         notes: &[(&str, &str)],

@@ -311,29 +311,38 @@ impl Issuer {
     }
 }
 
+/// An issuer with light-oauth2's token profile and keys in memory, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_issuer(
+    bootstrap: BootstrapConfig,
+    policy: Vec<PolicyRule>,
+    keys: KeySet,
+) -> Issuer {
+    Issuer::new(
+        TokenProfile {
+            issuer: "urn:com:networknt:oauth2:v1".into(),
+            audience: "urn:com.networknt".into(),
+            version_claim: VersionClaim::Version,
+        },
+        bootstrap,
+        policy,
+        Arc::new(KeyProvider::from_keys(keys)),
+        &mut Registry::default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::token::LocalKey;
 
-    pub(crate) fn issuer(policy: Vec<PolicyRule>) -> Issuer {
+    fn issuer(policy: Vec<PolicyRule>) -> Issuer {
+        let bootstrap = BootstrapConfig {
+            scope: vec!["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2".into()],
+            ..Default::default()
+        };
         let keys = KeySet::new(LocalKey::generate("100").unwrap(), vec![]);
-        Issuer::new(
-            TokenProfile {
-                issuer: "urn:com:networknt:oauth2:v1".into(),
-                audience: "urn:com.networknt".into(),
-                version_claim: VersionClaim::Version,
-            },
-            BootstrapConfig {
-                scope: vec![
-                    "A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2".into(),
-                ],
-                ..Default::default()
-            },
-            policy,
-            Arc::new(KeyProvider::from_keys(keys)),
-            &mut Registry::default(),
-        )
+        test_issuer(bootstrap, policy, keys)
     }
 
     #[test]

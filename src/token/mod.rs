@@ -13,6 +13,8 @@ pub mod store;
 
 pub use certificate::{CertificateError, self_signed_pem};
 pub use claims::{Claims, NOT_BEFORE_SKEW_SECS, TOKEN_VERSION, VersionClaim, new_jti};
+#[cfg(test)]
+pub(crate) use issuer::test_issuer;
 pub use issuer::{
     AccessRequest, BootstrapConfig, BootstrapRequest, IssueError, Issued, IssuedLabels, Issuer,
     MAX_LIFETIME, TokenProfile,

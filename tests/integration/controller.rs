@@ -391,6 +391,21 @@ async fn never_touches_a_foreign_secret() {
     assert_eq!(after.data, foreign.data);
     assert_eq!(after.metadata.labels, foreign.metadata.labels);
     assert!(after.metadata.owner_references.is_none());
+    // The operator looked at the foreign Secret's metadata, never at its data.
+    let reads: Vec<_> = operator
+        .writes
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/secrets/taken"))
+        .collect();
+    assert!(
+        !reads.is_empty(),
+        "the operator checked who owns the Secret"
+    );
+    assert!(
+        reads.iter().all(|r| r.metadata_only),
+        "only metadata of a Secret it does not own: {reads:?}"
+    );
     operator.stop().await;
 }
 

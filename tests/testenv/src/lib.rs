@@ -42,13 +42,31 @@ pub use kms::{LocalKms, local_kms_binary};
 pub use probe::{free_loopback_addr, http_get, metric};
 use process::Proc;
 
-/// Requests other than GET sent through a client from [`TestEnv::operator_client_counting_writes`].
+/// Every request sent through a client from [`TestEnv::operator_client_counting_writes`].
 #[derive(Debug, Clone, Default)]
-pub struct WriteCounter(std::sync::Arc<std::sync::atomic::AtomicU64>);
+pub struct WriteCounter(std::sync::Arc<std::sync::Mutex<Vec<LoggedRequest>>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    pub method: http::Method,
+    pub path: String,
+    /// The client asked for metadata only (`PartialObjectMetadata`), not the object.
+    pub metadata_only: bool,
+}
 
 impl WriteCounter {
+    /// Requests other than GET so far.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        let writes = self
+            .requests()
+            .iter()
+            .filter(|r| r.method != http::Method::GET)
+            .count();
+        u64::try_from(writes).unwrap_or(u64::MAX)
+    }
+
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -315,9 +333,20 @@ impl TestEnv {
         let writes = counter.clone();
         let layer =
             tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
-                if request.method() != http::Method::GET {
-                    writes.0.fetch_add(1, Ordering::SeqCst);
-                }
+                let metadata_only = request
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|accept| accept.to_str().ok())
+                    .is_some_and(|accept| accept.contains("as=PartialObjectMetadata"));
+                writes
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(LoggedRequest {
+                        method: request.method().clone(),
+                        path: request.uri().path().to_string(),
+                        metadata_only,
+                    });
                 request
             });
         let client = kube::client::ClientBuilder::try_from(config)
