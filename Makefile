@@ -8,7 +8,7 @@ CRD := crds/bootstraptokens.bootstraptoken.dev.yaml
 CHART := charts/bootstrap-token-operator
 RELEASE := bootstrap-token-operator
 
-.PHONY: all build test run manifests control-plane tools image bench fmt clean
+.PHONY: all build test run manifests control-plane kms tools image bench fmt clean
 
 all: build
 
@@ -19,6 +19,11 @@ build:
 ## in tests/control-plane/go.mod, cached under ~/.cache and linked as bin/k8s.
 control-plane:
 	@bash tests/control-plane/build.sh
+
+## kms: local-kms, a KMS speaking the AWS KMS API, built from the Go module pinned in
+## tests/local-kms/go.mod, cached under ~/.cache and linked as bin/local-kms (KMS signing tests).
+kms:
+	@bash tests/local-kms/build.sh
 
 ## tools: helm, built from its Go module at a pinned release, cached under ~/.cache, linked as bin/helm.
 tools:
@@ -44,7 +49,7 @@ manifests: tools
 image:
 	@bash image/build.sh
 
-test: control-plane tools image
+test: control-plane kms tools image
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
@@ -60,9 +65,10 @@ run: control-plane
 	  env -u KUBECONFIG target/debug/local-cluster -- bash tests/run-demo.sh; \
 	fi
 
-## bench: the operator against the local control plane, and the token endpoint under wrk;
-## every result is a ratio against a baseline measured in the same run (benches/RESULTS.md).
-bench: control-plane
+## bench: the operator against the local control plane, and the token endpoint under wrk (signing
+## locally, and through local-kms); every result is a ratio against a baseline measured in the
+## same run (benches/RESULTS.md).
+bench: control-plane kms
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(CARGO) bench --bench endpoint
 	$(CARGO) bench --bench operator

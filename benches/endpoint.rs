@@ -3,9 +3,11 @@
 //!
 //! Phases (each at most 8 s): raw signing on every core; uncached `client_credentials` (re-use
 //! off, so every request signs) — goal ≥ 0.9× raw signing; re-use on — goal ≥ 20× raw signing;
-//! uncached at half the measured peak — its p99 latency; and, for scale, a route with no work
-//! (GET of the cached JWKS). Needs `wrk` (Debian package `wrk`).
-//! Run with `cargo bench --bench endpoint`.
+//! uncached at half the measured peak — its p99 latency; for scale, a route with no work
+//! (GET of the cached JWKS); and the endpoint signing with a key in a KMS (local-kms on the same
+//! cores, through the AWS SDK) against the same endpoint signing locally, uncached and with re-use,
+//! as ratios. Needs `wrk` (Debian package `wrk`) and, for the KMS rows, `make kms` (skipped, and
+//! said so, without it). Run with `cargo bench --bench endpoint`.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -17,6 +19,11 @@ use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::endpoint::{self, EndpointMetrics, State};
 use bootstrap_token_operator::token::store::KeyProvider;
 use bootstrap_token_operator::token::{KeySet, LocalKey};
+
+// The tests' local-kms helper; the benchmark uses only part of it.
+#[allow(dead_code)]
+#[path = "../tests/common/kms.rs"]
+mod local_kms;
 
 const PHASE: Duration = Duration::from_secs(8);
 const CONNECTIONS: u32 = 16;
@@ -52,9 +59,10 @@ fn main() {
 
     let raw_before = raw_signing_rate(&keys, cores);
 
+    let uncached_config = format!("{CONFIG}  reuse: {{enabled: false}}\n");
     let uncached_server = start(
-        &format!("{CONFIG}  reuse: {{enabled: false}}\n"),
-        &keys,
+        &uncached_config,
+        KeyProvider::from_keys(keys.clone()),
         cores,
     );
     let uncached = wrk(&uncached_server.0, true, None);
@@ -70,7 +78,7 @@ fn main() {
         "raw RS256 signing, {cores} threads: {raw:.0} signatures/s (before {raw_before:.0}, after {raw_after:.0})"
     );
 
-    let cached_server = start(CONFIG, &keys, cores);
+    let cached_server = start(CONFIG, KeyProvider::from_keys(keys.clone()), cores);
     let cached = wrk(&cached_server.0, true, None);
     println!(
         "re-use on: {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
@@ -115,6 +123,58 @@ fn main() {
         cached.requests_per_second / ceiling.requests_per_second
     );
     println!("p99 at half of peak: {:.2} ms", paced.p99_ms);
+
+    kms_phases(&uncached_config, &uncached, &cached, cores);
+}
+
+/// The same two token phases with the key in local-kms: every uncached token is one KMS `Sign`
+/// call (HTTP, SigV4, JSON, and the KMS's own RSA on these same cores).
+fn kms_phases(uncached_config: &str, local_uncached: &Wrk, local_cached: &Wrk, cores: usize) {
+    println!();
+    if !testenv::local_kms_binary().is_file() {
+        println!(
+            "KMS signing: SKIPPED, local-kms is not built (run `make kms`; no {})",
+            testenv::local_kms_binary().display()
+        );
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (kms, key_id) = runtime.block_on(async {
+        let kms = local_kms::Kms::start().await;
+        let key_id = kms.create_signing_key().await;
+        (kms, key_id)
+    });
+    let uncached_server = start(
+        uncached_config,
+        KeyProvider::from_kms(kms.source("100", &key_id)),
+        cores,
+    );
+    let uncached = wrk(&uncached_server.0, true, None);
+    println!(
+        "KMS signing, uncached client_credentials: {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
+        uncached.requests_per_second, uncached.p50_ms, uncached.p99_ms
+    );
+    let cached_server = start(
+        CONFIG,
+        KeyProvider::from_kms(kms.source("100", &key_id)),
+        cores,
+    );
+    let cached = wrk(&cached_server.0, true, None);
+    println!(
+        "KMS signing, re-use on: {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
+        cached.requests_per_second, cached.p50_ms, cached.p99_ms
+    );
+    println!(
+        "KMS / local signing, uncached: {:.3}x",
+        uncached.requests_per_second / local_uncached.requests_per_second
+    );
+    println!(
+        "KMS / local signing, re-use on: {:.2}x",
+        cached.requests_per_second / local_cached.requests_per_second
+    );
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -157,10 +217,11 @@ fn raw_signing_rate(keys: &KeySet, threads: usize) -> f64 {
     count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The endpoint on 127.0.0.1 in a runtime with one worker per core; runs until the process ends.
-fn start(config: &str, keys: &KeySet, cores: usize) -> (String, std::thread::JoinHandle<()>) {
+/// The endpoint on 127.0.0.1 in a runtime with one worker per core, its keys loaded before it
+/// listens; runs until the process ends.
+fn start(config: &str, keys: KeyProvider, cores: usize) -> (String, std::thread::JoinHandle<()>) {
     let config = Config::parse(config).expect("bench config");
-    let keys = Arc::new(KeyProvider::from_keys(keys.clone()));
+    let keys = Arc::new(keys);
     let (ready, address) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -172,6 +233,7 @@ fn start(config: &str, keys: &KeySet, cores: usize) -> (String, std::thread::Joi
             let mut registry = Default::default();
             let metrics = EndpointMetrics::new(&mut registry);
             let issuer = Arc::new(app::issuer(&config, keys, &mut registry));
+            issuer.keys().await.expect("the signing keys load");
             let state = State::new(issuer, config.endpoint, None, metrics)
                 .await
                 .expect("state");

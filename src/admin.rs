@@ -1,7 +1,6 @@
 //! The admin port: `/healthz` (alive), `/readyz` (ready to serve), `/metrics` (Prometheus).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -12,27 +11,31 @@ use prometheus_client::registry::Registry;
 
 pub struct AdminState {
     pub registry: Registry,
-    /// Set once the signing keys are loaded.
-    pub ready: AtomicBool,
-    /// Why the process is not ready yet, the body of a 503 from /readyz.
-    reason: Mutex<String>,
+    pub readiness: Readiness,
 }
 
-impl AdminState {
-    pub fn new(registry: Registry) -> Self {
-        AdminState {
-            registry,
-            ready: AtomicBool::new(false),
-            reason: Mutex::new("starting".into()),
-        }
+/// Ready once the signing keys are loaded; until then, why not.
+pub struct Readiness(RwLock<Option<String>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(RwLock::new(Some("starting".into())))
+    }
+}
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Sets what /readyz answers while not ready.
-    pub fn not_ready(&self, reason: String) {
-        *self
-            .reason
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = reason;
+    /// Not ready, because of `why` (shown by `/readyz`; it must carry no secret).
+    pub fn set_waiting(&self, why: String) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// `None` when ready, else why not.
+    pub fn waiting_for(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -45,11 +48,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready".to_string())
-    } else {
-        let reason = state.reason.lock().unwrap_or_else(|p| p.into_inner());
-        (StatusCode::SERVICE_UNAVAILABLE, reason.clone())
+    match state.readiness.waiting_for() {
+        None => (StatusCode::OK, "ready".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

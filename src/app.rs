@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -172,7 +171,7 @@ impl RunArgs {
             .unwrap_or_else(|| format!("{MANAGER}-{}", &new_jti()[..8]));
 
         let mut registry = Registry::default();
-        // The signing key Secret lives in the operator's namespace.
+        // The signing key: a Secret in the operator's namespace, or a KMS key (signing.kms).
         let keys = Arc::new(
             KeyProvider::new(client.clone(), &self.namespace, config.signing.clone())
                 .watching(&watch_namespaces),
@@ -203,14 +202,17 @@ impl RunArgs {
             None
         };
         let leader_gauge = core.ctx.metrics.leader.clone();
-        let admin_state = Arc::new(AdminState::new(registry));
+        let admin_state = Arc::new(AdminState {
+            registry,
+            readiness: Default::default(),
+        });
 
         let shutdown: Shutdown = shutdown_signal().boxed().shared();
         let admin_listener = bind("the admin port", self.admin_addr).await?;
         let admin_server = axum::serve(admin_listener, admin::router(admin_state.clone()))
             .with_graceful_shutdown(shutdown.clone());
-        // Ready once the signing keys are loaded; until then reconciles report KeyUnavailable,
-        // and so does /readyz.
+        // Ready once the signing keys are loaded (from their Secret, or the KMS); until then
+        // reconciles report KeyUnavailable and /readyz says why.
         let readiness = {
             let issuer = core.issuer.clone();
             let admin_state = admin_state.clone();
@@ -223,11 +225,13 @@ impl RunArgs {
                     } else {
                         tracing::warn!(%error, retry_in = ?delay, "signing keys not loaded yet");
                     }
-                    admin_state.not_ready(format!("KeyUnavailable: {error}"));
+                    admin_state
+                        .readiness
+                        .set_waiting(format!("KeyUnavailable: {error}"));
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_KEY_RETRY);
                 }
-                admin_state.ready.store(true, Ordering::SeqCst);
+                admin_state.readiness.set_ready();
             }
         };
 

@@ -39,11 +39,52 @@ pub struct SigningConfig {
     #[serde(default = "default_kid")]
     pub kid: String,
     /// Secret (in the operator's namespace) holding the active key; created when absent.
+    /// Not used when `kms` is set.
     #[serde(default = "default_key_secret")]
     pub key_secret: String,
     /// Keys rotated out: published and accepted for verification, never used to sign.
     #[serde(default)]
     pub previous_keys: Vec<PreviousKey>,
+    /// The active key lives in a KMS speaking the AWS KMS API and signs there: no key Secret
+    /// is read or created, and `keySecret` is ignored.
+    #[serde(default)]
+    pub kms: Option<KmsConfig>,
+}
+
+/// An asymmetric KMS key (RSA_2048/3072/4096, SIGN_VERIFY) that signs RS256; credentials come
+/// from the standard AWS chain (environment, web identity/IRSA, profile, instance role).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KmsConfig {
+    /// Key id, key ARN, alias name (`alias/…`) or alias ARN.
+    pub key_id: String,
+    pub region: String,
+    /// Base URL of a KMS-compatible server; AWS's regional endpoint when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+impl KmsConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.key_id.trim().is_empty() {
+            return Err("keyId: must not be empty".into());
+        }
+        if self.region.trim().is_empty() {
+            return Err("region: must not be empty".into());
+        }
+        if let Some(endpoint) = &self.endpoint {
+            let uri: axum::http::Uri = endpoint
+                .parse()
+                .map_err(|e| format!("endpoint: {endpoint:?} is not a URL: {e}"))?;
+            let http = matches!(uri.scheme_str(), Some("http" | "https"));
+            if !http || uri.host().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "endpoint: {endpoint:?} is not an http:// or https:// URL with a host"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +113,7 @@ impl Default for SigningConfig {
             kid: default_kid(),
             key_secret: default_key_secret(),
             previous_keys: Vec::new(),
+            kms: None,
         }
     }
 }
@@ -189,6 +231,16 @@ impl Config {
         if self.signing.key_secret.is_empty() {
             return Err("signing.keySecret: must not be empty".into());
         }
+        if let Some(kms) = &self.signing.kms {
+            kms.validate().map_err(|why| format!("signing.kms.{why}"))?;
+            if !self.signing.previous_keys.is_empty() {
+                return Err(
+                    "signing.previousKeys: not supported with signing.kms (previous keys are \
+                     read from Secrets, and with kms no key Secret is read)"
+                        .into(),
+                );
+            }
+        }
         for (i, rule) in self.policy.iter().enumerate() {
             rule.validate()
                 .map_err(|why| format!("policy[{i}].{why}"))?;
@@ -260,7 +312,33 @@ policy:
             Duration::from_secs(3600)
         );
         assert_eq!(config.signing.previous_keys[0].key_secret, "old-key");
+        assert_eq!(config.signing.kms, None);
         assert_eq!(config.policy.len(), 1);
+    }
+
+    #[test]
+    fn reads_a_kms_key() {
+        let config = Config::parse(
+            r#"
+signing:
+  kid: "7"
+  kms:
+    keyId: alias/bootstrap-tokens
+    region: eu-west-1
+    endpoint: http://127.0.0.1:4599
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.signing.kms,
+            Some(KmsConfig {
+                key_id: "alias/bootstrap-tokens".into(),
+                region: "eu-west-1".into(),
+                endpoint: Some("http://127.0.0.1:4599".into()),
+            })
+        );
+        let aws = Config::parse("signing: {kms: {keyId: k, region: us-east-1}}").unwrap();
+        assert_eq!(aws.signing.kms.unwrap().endpoint, None);
     }
 
     #[test]
@@ -283,6 +361,31 @@ policy:
             ("bootstrap:\n  lifetime: 100000000h\n", "bootstrap.lifetime"),
             ("bootstrap:\n  minLifetime: 0s\n", "bootstrap.minLifetime"),
             ("policy:\n  - serviceIds: [\"\"]\n", "policy[0].serviceIds"),
+            ("signing:\n  kms: {region: r}\n", "keyId"),
+            (
+                "signing:\n  kms: {keyId: \"\", region: r}\n",
+                "signing.kms.keyId",
+            ),
+            (
+                "signing:\n  kms: {keyId: k, region: \" \"}\n",
+                "signing.kms.region",
+            ),
+            (
+                "signing:\n  kms: {keyId: k, region: r, endpoint: \"localhost:4599\"}\n",
+                "signing.kms.endpoint",
+            ),
+            (
+                "signing:\n  kms: {keyId: k, region: r, endpoint: \"http://\"}\n",
+                "signing.kms.endpoint",
+            ),
+            (
+                "signing:\n  kms: {keyId: k, region: r, endpointUrl: x}\n",
+                "endpointUrl",
+            ),
+            (
+                "signing:\n  kms: {keyId: k, region: r}\n  previousKeys: [{kid: \"6\", keySecret: old}]\n",
+                "signing.previousKeys",
+            ),
         ];
         for (text, field) in cases {
             let err = Config::parse(text).unwrap_err();

@@ -6,6 +6,7 @@ mod certificate;
 mod claims;
 mod issuer;
 mod keys;
+pub mod kms;
 mod local;
 mod signer;
 pub mod store;

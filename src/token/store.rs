@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::kms::{KmsError, KmsSource};
 use super::{KeyError, KeySet, LocalKey};
 use crate::config::SigningConfig;
 use crate::resource::BootstrapToken;
@@ -45,6 +46,8 @@ pub enum StoreError {
     },
     #[error("listing BootstrapTokens for tokens signed with kid {kid:?}: {source}")]
     ListTokens { kid: String, source: kube::Error },
+    #[error(transparent)]
+    Kms(#[from] KmsError),
 }
 
 /// The keys as loaded, with the active key's PEM exactly as stored, so its Secret can be put
@@ -235,10 +238,10 @@ pub fn key_secret(name: &str, pem: &[u8]) -> Secret {
 }
 
 /// Loads the keys on first use and keeps them; a failed load is retried on the next call, so the
-/// operator starts (and reports `KeyUnavailable`) even when the key Secret cannot be read yet.
+/// operator starts (and reports `KeyUnavailable`) even when the key Secret cannot be read or the
+/// KMS cannot be reached yet.
 pub struct KeyProvider {
-    /// Where the keys live; `None` when they were handed over ready-made.
-    source: Option<Source>,
+    source: Source,
     keys: tokio::sync::OnceCell<Loaded>,
     metrics: KeyMetrics,
     /// When the key was last found lost, and by how many BootstrapTokens: for a few seconds every
@@ -250,7 +253,17 @@ pub struct KeyProvider {
     recovered: tokio::sync::watch::Sender<()>,
 }
 
-struct Source {
+/// Where the keys live.
+enum Source {
+    /// Secrets in the operator's namespace.
+    Secret(SecretSource),
+    /// A KMS key (`signing.kms`): no Secret is read or created.
+    Kms(KmsSource),
+    /// Handed over ready-made.
+    Ready(KeySet),
+}
+
+struct SecretSource {
     client: Client,
     namespace: String,
     signing: SigningConfig,
@@ -282,15 +295,38 @@ pub struct KeyMetrics {
 }
 
 impl KeyProvider {
-    /// Keys from Secrets in `namespace`; BootstrapTokens are looked for in every namespace.
+    /// The keys `signing` names: in a KMS when `signing.kms` is set, else in Secrets in
+    /// `namespace` (BootstrapTokens are looked for in every namespace; see [`Self::watching`]).
     pub fn new(client: Client, namespace: &str, signing: SigningConfig) -> Self {
-        KeyProvider {
-            source: Some(Source {
+        match &signing.kms {
+            Some(kms) => Self::from_kms(KmsSource::new(&signing.kid, kms.clone())),
+            None => Self::with_source(Source::Secret(SecretSource {
                 client,
                 namespace: namespace.to_string(),
                 signing,
                 watched: Vec::new(),
-            }),
+            })),
+        }
+    }
+
+    /// The key in a KMS.
+    pub fn from_kms(source: KmsSource) -> Self {
+        Self::with_source(Source::Kms(source))
+    }
+
+    /// Keys already in memory (benchmarks, tests of the HTTP endpoint alone).
+    pub fn from_keys(keys: KeySet) -> Self {
+        let provider = Self::with_source(Source::Ready(keys.clone()));
+        let _ = provider.keys.set(Loaded {
+            keys,
+            active_pem: Vec::new(),
+        });
+        provider
+    }
+
+    fn with_source(source: Source) -> Self {
+        KeyProvider {
+            source,
             keys: tokio::sync::OnceCell::new(),
             metrics: KeyMetrics::default(),
             lost: std::sync::Mutex::default(),
@@ -301,24 +337,10 @@ impl KeyProvider {
     /// Looks for BootstrapTokens signed with the active key only in `namespaces` (the ones the
     /// operator watches, and may list).
     pub fn watching(mut self, namespaces: &[String]) -> Self {
-        if let Some(source) = &mut self.source {
+        if let Source::Secret(source) = &mut self.source {
             source.watched = namespaces.to_vec();
         }
         self
-    }
-
-    /// Keys already in memory (benchmarks, tests of the HTTP endpoint alone).
-    pub fn from_keys(keys: KeySet) -> Self {
-        KeyProvider {
-            source: None,
-            keys: tokio::sync::OnceCell::new_with(Some(Loaded {
-                keys,
-                active_pem: Vec::new(),
-            })),
-            metrics: KeyMetrics::default(),
-            lost: std::sync::Mutex::default(),
-            recovered: tokio::sync::watch::Sender::new(()),
-        }
     }
 
     pub fn register_metrics(&self, registry: &mut Registry) {
@@ -346,10 +368,23 @@ impl KeyProvider {
     pub async fn get(&self) -> Result<&KeySet, StoreError> {
         self.keys
             .get_or_try_init(|| async {
-                let source = self
-                    .source
-                    .as_ref()
-                    .expect("a provider without a source is initialised");
+                let source = match &self.source {
+                    Source::Secret(source) => source,
+                    Source::Kms(kms) => {
+                        let loaded = kms.load().await.map(|keys| Loaded {
+                            keys,
+                            active_pem: Vec::new(),
+                        });
+                        self.note_load(loaded.is_ok());
+                        return Ok(loaded?);
+                    }
+                    Source::Ready(keys) => {
+                        return Ok(Loaded {
+                            keys: keys.clone(),
+                            active_pem: Vec::new(),
+                        });
+                    }
+                };
                 // Callers queue here while one loads: those after a KeyLost hear it from memory.
                 let recently_lost = *self.lost.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((when, referencing)) = recently_lost
@@ -375,14 +410,20 @@ impl KeyProvider {
                     }
                     _ => None,
                 };
-                let was_unavailable = self.metrics.unavailable.set(i64::from(loaded.is_err()));
-                if loaded.is_ok() && was_unavailable == 1 {
-                    self.recovered.send_replace(());
-                }
+                self.note_load(loaded.is_ok());
                 loaded
             })
             .await
             .map(|loaded| &loaded.keys)
+    }
+
+    /// Keeps the unavailable gauge, and tells [`Self::recovered`] when a load succeeds after one
+    /// failed.
+    fn note_load(&self, ok: bool) {
+        let was_unavailable = self.metrics.unavailable.set(i64::from(!ok));
+        if ok && was_unavailable == 1 {
+            self.recovered.send_replace(());
+        }
     }
 
     /// The keys if they are loaded already, without touching the API server.
@@ -400,12 +441,15 @@ impl KeyProvider {
 
     /// The active key's Secret, when the keys come from Secrets.
     pub fn key_secret(&self) -> Option<KeySecret<'_>> {
-        self.source.as_ref().map(|source| KeySecret {
-            client: &source.client,
-            namespace: &source.namespace,
-            name: &source.signing.key_secret,
-            kid: &source.signing.kid,
-        })
+        match &self.source {
+            Source::Secret(source) => Some(KeySecret {
+                client: &source.client,
+                namespace: &source.namespace,
+                name: &source.signing.key_secret,
+                kid: &source.signing.kid,
+            }),
+            Source::Kms(_) | Source::Ready(_) => None,
+        }
     }
 
     /// The active key's PEM as it was read or created, once loaded from a Secret.

@@ -272,6 +272,43 @@ impl Reply {
     }
 }
 
+/// Runs the Python `script` with `args`, `stdin` on its standard input, and returns what it
+/// printed; the script exits 3 when a package it imports is missing. Under CI the packages must
+/// be there (.ci/run installs tests/requirements.txt); elsewhere a missing package skips loudly
+/// (`None`).
+pub fn python(script: &str, args: &[&str], stdin: &str) -> Option<String> {
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writing to python3");
+    let output = child.wait_with_output().expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(3) {
+        let message = format!(
+            "Python packages missing ({}): pip install -r tests/requirements.txt",
+            stderr.trim()
+        );
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{message}");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED {script}: {message} !!!!!!!!\n");
+        return None;
+    }
+    assert!(output.status.success(), "{script}: {stdout}\n{stderr}");
+    Some(stdout)
+}
+
 /// Runs curl with `args` (the command line of a seed, URL included) and reads the answer.
 pub fn curl(args: &[&str]) -> Reply {
     let output = Command::new("curl")

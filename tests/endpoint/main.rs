@@ -8,7 +8,10 @@ mod errors;
 mod guessing;
 mod harness;
 mod keys;
+mod kms;
 mod limits;
+#[path = "../common/kms.rs"]
+mod local_kms;
 mod props;
 mod reuse;
 mod seeds;

@@ -6,6 +6,9 @@ mod gitops;
 mod hardening;
 mod image;
 mod install;
+mod kms;
+#[path = "../common/kms.rs"]
+mod local_kms;
 mod operations;
 mod process;
 mod shim;

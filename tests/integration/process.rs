@@ -41,6 +41,25 @@ impl OperatorProcess {
         identity: &str,
         extra_args: &[&str],
     ) -> OperatorProcess {
+        Self::spawn_with_env(
+            kubeconfig,
+            own_namespace,
+            watched,
+            identity,
+            extra_args,
+            &[],
+        )
+    }
+
+    /// [`OperatorProcess::spawn_as`] with `extra_env` added to the process's environment.
+    pub fn spawn_with_env(
+        kubeconfig: &std::path::Path,
+        own_namespace: &str,
+        watched: &str,
+        identity: &str,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> OperatorProcess {
         let env = TestEnv::global();
         let admin_addr = free_loopback_addr();
         let log = env.dir().join(format!("operator-{watched}-{identity}.log"));
@@ -65,6 +84,7 @@ impl OperatorProcess {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .env_remove("BTO_CONFIG")
+            .envs(extra_env.iter().copied())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .stdin(Stdio::null())

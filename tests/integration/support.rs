@@ -50,9 +50,17 @@ impl Operator {
 
     /// Starts the controllers signing with `keys` instead of the key Secret.
     pub async fn start_with_keys(namespace: &str, config_yaml: &str, keys: KeySet) -> Operator {
+        Operator::start_with_provider(namespace, config_yaml, KeyProvider::from_keys(keys)).await
+    }
+
+    /// Starts the controllers with the keys `keys` loads (a KMS key, say).
+    pub async fn start_with_provider(
+        namespace: &str,
+        config_yaml: &str,
+        keys: KeyProvider,
+    ) -> Operator {
         let config = Config::parse(config_yaml).expect("test config is valid");
         let (client, writes) = TestEnv::global().operator_client_counting_writes().await;
-        let keys = KeyProvider::from_keys(keys);
         Operator::start_with(client, writes, &[namespace], &config, keys)
     }
 

@@ -23,6 +23,7 @@
 //! The binaries come from `<repo>/bin/k8s/` (`make control-plane`), or `$TESTENV_BIN_DIR`.
 
 mod apply;
+mod kms;
 mod pki;
 mod probe;
 mod process;
@@ -40,6 +41,7 @@ use kube::{Client, Config};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use kms::{LocalKms, local_kms_binary};
 pub use probe::{free_loopback_addr, http_get, metric};
 use process::Proc;
 
@@ -457,7 +459,7 @@ impl TestEnv {
 
     fn launch(&self, name: &'static str, args: Vec<String>) -> Result<()> {
         let log = self.dir.join(format!("{name}.log"));
-        let proc = Proc::spawn(name, &bin_dir().join(name), &args, &log)?;
+        let proc = Proc::spawn(name, &bin_dir().join(name), &args, &[], &log)?;
         lock(&self.procs).push(proc);
         Ok(())
     }

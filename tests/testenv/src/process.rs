@@ -25,10 +25,17 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &'static str, program: &Path, args: &[String], log: &Path) -> Result<Proc> {
+    pub fn spawn(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> Result<Proc> {
         let out = File::create(log)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
