@@ -15,8 +15,8 @@ use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpe
 use futures::future::BoxFuture;
 
 use super::KeySet;
+use super::KmsConfig;
 use super::signer::{RsaPublicKey, SignError, Signer};
-use crate::config::KmsConfig;
 
 /// The largest message KMS signs as `RAW`; a longer signing input is hashed here and sent as
 /// its SHA-256 `DIGEST`, which gives the same signature.

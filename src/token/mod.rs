@@ -9,6 +9,7 @@ mod keys;
 pub mod kms;
 mod local;
 mod signer;
+mod signing;
 pub mod store;
 
 pub use certificate::{CertificateError, self_signed_pem};
@@ -22,3 +23,4 @@ pub use issuer::{
 pub use keys::{Key, KeySet, VerifiedToken, VerifyError};
 pub use local::{KeyError, LocalKey};
 pub use signer::{RsaPublicKey, SignError, Signer};
+pub use signing::{KmsConfig, PreviousKey, SigningConfig};

@@ -9,9 +9,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::SigningConfig;
 use super::kms::{KmsError, KmsSource};
 use super::{KeyError, KeySet, LocalKey};
-use crate::config::SigningConfig;
 use crate::resource::BootstrapToken;
 
 /// The Secret data key that holds the PEM private key.
