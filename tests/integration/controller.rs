@@ -600,25 +600,8 @@ async fn a_signing_failure_is_reported_and_recovers_without_losing_the_token() {
     let issued = token_of(&secret(&ns, "svc-bootstrap-token").await.unwrap());
 
     signer.fail(true);
-    let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
-    let reissue = json!({"metadata": {"annotations": {annotations::REISSUE: "1"}}});
-    api.patch("svc", &PatchParams::default(), &Patch::Merge(&reissue))
-        .await
-        .unwrap();
-    let failed = wait_reason(&ns, "svc", "SigningUnavailable").await;
-    let ready = failed.ready_condition().unwrap();
-    assert_eq!(ready.status, "False");
-    assert!(ready.message.contains("unreachable"), "{}", ready.message);
-    assert_eq!(
-        failed.status.as_ref().unwrap().token_id,
-        first.status.as_ref().unwrap().token_id,
-        "the status still names the token the Secret holds"
-    );
-    assert_eq!(
-        token_of(&secret(&ns, "svc-bootstrap-token").await.unwrap()),
-        issued,
-        "the issued token is untouched while signing fails"
-    );
+    reissue(&ns, "svc", "1").await;
+    signing_unavailable_keeps_the_token(&ns, &first, &issued, "unreachable").await;
     eventually("a SigningUnavailable warning event", || {
         let ns = ns.clone();
         async move {

@@ -2,7 +2,7 @@
 //! operator do — through the real API server.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
 
 use bootstrap_token_operator::resource::{BootstrapToken, annotations};
@@ -35,13 +35,10 @@ async fn reissue_requests_are_paced_by_the_minimum_interval() {
     let operator = Operator::start(&ns, "bootstrap:\n  minReissueInterval: 4s\n").await;
     apply_bt(&ns, bt_manifest("svc", json!({"serviceId": "svc"}))).await;
     let first = wait_ready(&ns, "svc").await;
-    let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
     for value in ["1", "2", "3", "4", "5"] {
-        let reissue = json!({"metadata": {"annotations": {annotations::REISSUE: value}}});
-        api.patch("svc", &PatchParams::default(), &Patch::Merge(&reissue))
-            .await
-            .unwrap();
+        reissue(&ns, "svc", value).await;
     }
+    let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
     let first_id = first.status.as_ref().unwrap().token_id.clone();
     let second = eventually("the requested token", || {
         let (api, first_id) = (api.clone(), first_id.clone());

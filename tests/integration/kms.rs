@@ -3,10 +3,8 @@
 
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use bootstrap_token_operator::resource::{BootstrapToken, annotations};
 use bootstrap_token_operator::token::store::KeyProvider;
 use testenv::{LocalKms, TestEnv};
 
@@ -30,14 +28,6 @@ fn verify_with_kms_public_key(token: &str, public_pem: &str) -> Value {
     jsonwebtoken::decode::<Value>(token, &key, &validation)
         .expect("the token verifies with the KMS's public key")
         .claims
-}
-
-async fn reissue(namespace: &str, name: &str, round: &str) {
-    let api: Api<BootstrapToken> = Api::namespaced(admin().await, namespace);
-    let patch = json!({"metadata": {"annotations": {annotations::REISSUE: round}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("annotating the BootstrapToken");
 }
 
 /// A BootstrapToken becomes Ready with a token signed in the KMS; the KMS stops: the object says
@@ -76,20 +66,7 @@ async fn signs_through_the_kms_and_rides_out_an_outage() {
 
     kms.server.stop();
     reissue(&ns, "svc", "1").await;
-    let failed = wait_reason(&ns, "svc", "SigningUnavailable").await;
-    let ready = failed.ready_condition().unwrap();
-    assert_eq!(ready.status, "False");
-    assert!(ready.message.contains("KMS Sign"), "{}", ready.message);
-    assert_eq!(
-        failed.status.as_ref().unwrap().token_id,
-        first.status.as_ref().unwrap().token_id,
-        "the status still names the token the Secret holds"
-    );
-    assert_eq!(
-        token_of(&secret(&ns, "svc-bootstrap-token").await.unwrap()),
-        issued,
-        "the issued token is untouched while the KMS is down"
-    );
+    signing_unavailable_keeps_the_token(&ns, &first, &issued, "KMS Sign").await;
 
     kms.server.restart().await.expect("local-kms restarts");
     let recovered = wait_reason(&ns, "svc", "Issued").await;

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use bootstrap_token_operator::app::Core;
 use bootstrap_token_operator::config::Config;
 use bootstrap_token_operator::controller::{self, Context};
-use bootstrap_token_operator::resource::{BootstrapToken, TOKEN_KEY};
+use bootstrap_token_operator::resource::{BootstrapToken, TOKEN_KEY, annotations};
 use bootstrap_token_operator::shim;
 use bootstrap_token_operator::token::KeySet;
 use bootstrap_token_operator::token::store::KeyProvider;
@@ -212,6 +212,40 @@ pub async fn wait_ready(namespace: &str, name: &str) -> BootstrapToken {
         }
     })
     .await
+}
+
+/// Sets the `reissue` annotation of the BootstrapToken `name` to `value`.
+pub async fn reissue(namespace: &str, name: &str, value: &str) {
+    let api: Api<BootstrapToken> = Api::namespaced(admin().await, namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {annotations::REISSUE: value}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("annotating the BootstrapToken");
+}
+
+/// Waits for `svc` in `namespace` to say `SigningUnavailable` (its message naming `why`), and
+/// checks that it kept the token it had: `first` is the object as it was Ready, `issued` the token
+/// its Secret `svc-bootstrap-token` held.
+pub async fn signing_unavailable_keeps_the_token(
+    namespace: &str,
+    first: &BootstrapToken,
+    issued: &str,
+    why: &str,
+) {
+    let failed = wait_reason(namespace, "svc", "SigningUnavailable").await;
+    let ready = failed.ready_condition().unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains(why), "{}", ready.message);
+    assert_eq!(
+        failed.status.as_ref().unwrap().token_id,
+        first.status.as_ref().unwrap().token_id,
+        "the status still names the token the Secret holds"
+    );
+    assert_eq!(
+        token_of(&secret(namespace, "svc-bootstrap-token").await.unwrap()),
+        issued,
+        "the issued token is untouched while signing fails"
+    );
 }
 
 /// Waits for the Ready condition to carry `reason` and returns the object.
