@@ -191,11 +191,6 @@ impl Issuer {
         self.keys.get().await
     }
 
-    /// The keys if they are loaded already, without touching the API server.
-    pub fn loaded_keys(&self) -> Option<&KeySet> {
-        self.keys.loaded()
-    }
-
     /// One item each time the keys load after failing to: a key lost and restored.
     pub fn keys_recovered(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
         self.keys.recovered()

@@ -87,8 +87,7 @@ impl LocalKey {
         Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", der.as_ref())))
     }
 
-    /// Synchronous signing, for callers that measure the raw rate of this key (benchmarks).
-    pub fn sign_now(&self, signing_input: &[u8]) -> Result<Vec<u8>, SignError> {
+    fn sign_now(&self, signing_input: &[u8]) -> Result<Vec<u8>, SignError> {
         let mut signature = vec![0u8; self.pair.public_modulus_len()];
         self.pair
             .sign(&RSA_PKCS1_SHA256, &self.rng, signing_input, &mut signature)
