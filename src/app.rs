@@ -19,6 +19,7 @@ use crate::events::EventPublisher;
 use crate::keyguard;
 use crate::leader::{self, Shutdown};
 use crate::resource::MANAGER;
+use crate::revocation::Revocations;
 use crate::shim;
 use crate::telemetry::{ControllerMetrics, LogFormat};
 use crate::token::store::{KeyProvider, StoreError};
@@ -101,10 +102,12 @@ pub struct Core {
 }
 
 impl Core {
-    /// `keys` signs; `instance` names this replica in events.
+    /// `keys` signs; `instance` names this replica in events; revoked tokens are recorded in
+    /// `namespace`, the operator's own.
     pub fn new(
         client: Client,
         config: &Config,
+        namespace: &str,
         keys: Arc<KeyProvider>,
         instance: Option<String>,
         registry: &mut Registry,
@@ -116,7 +119,11 @@ impl Core {
             metrics.init_controller(kind);
         }
         keys.register_metrics(registry);
-        let issuer = Arc::new(issuer(config, keys.clone(), registry));
+        let revocations =
+            Revocations::in_cluster(config.revocation.clone(), client.clone(), namespace);
+        let issuer = Arc::new(
+            issuer(config, keys.clone(), registry).with_revocations(Arc::new(revocations)),
+        );
         let recorder = EventPublisher::new(
             client.clone(),
             Reporter {
@@ -137,8 +144,14 @@ impl Core {
         futures::join!(
             controller::run(self.ctx.clone(), namespaces, stop.clone()),
             shim::run(shim_ctx, namespaces, stop.clone()),
+            self.issuer.revocations().sweep(stop.clone()),
             keyguard::run(&self.keys, &self.ctx.recorder, stop),
         );
+    }
+
+    /// Follows the revoked tokens until `stop` resolves: every replica, leader or not.
+    pub async fn watch_revocations(&self, stop: Shutdown) {
+        self.issuer.revocations().watch(stop).await;
     }
 }
 
@@ -179,6 +192,7 @@ impl RunArgs {
         let core = Core::new(
             client.clone(),
             &config,
+            &self.namespace,
             keys,
             Some(identity.clone()),
             &mut registry,
@@ -231,6 +245,8 @@ impl RunArgs {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_KEY_RETRY);
                 }
+                // Until the revoked tokens are listed, "not revoked" would mean nothing.
+                issuer.revocations().wait_synced().await;
                 admin_state.readiness.set_ready();
             }
         };
@@ -272,11 +288,12 @@ impl RunArgs {
                     None => Ok(()),
                 }
             };
-            let (controllers, admin, token_endpoint, ()) = tokio::join!(
+            let (controllers, admin, token_endpoint, (), ()) = tokio::join!(
                 controllers,
                 admin_server.into_future(),
                 token_endpoint,
-                readiness
+                readiness,
+                core.watch_revocations(shutdown.clone()),
             );
             admin.map_err(|source| AppError::Serve {
                 what: "admin server",

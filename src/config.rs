@@ -30,6 +30,8 @@ pub struct Config {
     pub policy: Vec<PolicyRule>,
     #[serde(default)]
     pub endpoint: crate::endpoint::EndpointConfig,
+    #[serde(default)]
+    pub revocation: crate::revocation::RevocationConfig,
 }
 
 fn default_issuer() -> String {
@@ -169,6 +171,9 @@ impl Config {
         self.endpoint
             .validate()
             .map_err(|why| format!("endpoint.{why}"))?;
+        self.revocation
+            .validate()
+            .map_err(|why| format!("revocation.{why}"))?;
         Ok(())
     }
 

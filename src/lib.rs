@@ -15,6 +15,7 @@ pub mod keyguard;
 pub mod leader;
 pub mod policy;
 pub mod resource;
+pub mod revocation;
 pub mod shim;
 pub mod telemetry;
 pub mod token;

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     NotFound,
     TooManyAttempts,
     RequestTimeout,
+    MissingToken,
+    TokenNotOwned,
+    RevocationUnavailable,
 }
 
 impl ErrorKind {
@@ -172,6 +175,25 @@ impl ErrorKind {
                 "invalid_request",
                 "ERR12910",
                 "REQUEST_TIMEOUT",
+            ),
+            MissingToken => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "ERR12911",
+                "MISSING_TOKEN",
+            ),
+            // RFC 7009 §2.1: a token issued to another client is refused, with an error.
+            TokenNotOwned => (
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "ERR12912",
+                "TOKEN_NOT_OWNED",
+            ),
+            RevocationUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "ERR12913",
+                "REVOCATION_UNAVAILABLE",
             ),
         }
     }

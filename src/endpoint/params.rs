@@ -36,6 +36,10 @@ pub struct Params {
     pub scope: Option<String>,
     pub audience: Option<String>,
     pub sid: Option<String>,
+    /// The token to introspect or revoke (RFC 7662, RFC 7009).
+    pub token: Option<String>,
+    /// Accepted and ignored: every token here is a JWT that says what it is.
+    pub token_type_hint: Option<String>,
 }
 
 impl Params {
@@ -84,6 +88,8 @@ impl Params {
             "scope" => ("scope", &mut self.scope),
             "audience" => ("audience", &mut self.audience),
             "sid" => ("sid", &mut self.sid),
+            "token" => ("token", &mut self.token),
+            "token_type_hint" => ("token_type_hint", &mut self.token_type_hint),
             _ => return None,
         })
     }
@@ -113,6 +119,8 @@ impl Params {
             &mut self.scope,
             &mut self.audience,
             &mut self.sid,
+            &mut self.token,
+            &mut self.token_type_hint,
         ] {
             if value.as_deref() == Some("") {
                 *value = None;
