@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::controller::{self, Context};
+use crate::deletion;
 use crate::endpoint::{self, EndpointMetrics, StateError};
 use crate::events::EventPublisher;
 use crate::keyguard;
@@ -145,6 +146,12 @@ impl Core {
             controller::run(self.ctx.clone(), namespaces, stop.clone()),
             shim::run(shim_ctx, namespaces, stop.clone()),
             self.issuer.revocations().sweep(stop.clone()),
+            deletion::run(
+                self.ctx.client.clone(),
+                self.issuer.clone(),
+                namespaces,
+                stop.clone()
+            ),
             keyguard::run(&self.keys, &self.ctx.recorder, stop),
         );
     }

@@ -23,7 +23,8 @@ use crate::backoff::Backoff;
 use crate::duration;
 use crate::events::EventPublisher;
 use crate::resource::{
-    BootstrapToken, BootstrapTokenStatus, MANAGED_BY_LABEL, MANAGER, TOKEN_KEY, annotations,
+    BootstrapToken, BootstrapTokenStatus, FINALIZER, MANAGED_BY_LABEL, MANAGER, TOKEN_KEY,
+    annotations,
 };
 use crate::revocation::{self, Previous, RevocationError, RevocationReason};
 use crate::telemetry::{ControllerMetrics, ReasonLabels};
@@ -793,6 +794,8 @@ fn desired_secret(
             labels: Some(labels),
             annotations: Some(notes),
             owner_references: bt.controller_owner_ref(&()).map(|owner| vec![owner]),
+            // Its deletion waits for the token in it to be revoked (`deletion`).
+            finalizers: Some(vec![FINALIZER.into()]),
             ..Default::default()
         },
         type_: Some("Opaque".into()),
@@ -834,6 +837,7 @@ fn secret_matches(existing: &Secret, desired: &Secret) -> bool {
         && !owned_but_unwanted("f:labels", desired.metadata.labels.as_ref())
         && !owned_but_unwanted("f:annotations", desired.metadata.annotations.as_ref())
         && existing.metadata.owner_references == desired.metadata.owner_references
+        && existing.finalizers().iter().any(|f| f == FINALIZER)
 }
 
 /// The label or annotation keys our field manager applied, from `managedFields`.

@@ -8,6 +8,7 @@ pub mod app;
 pub mod backoff;
 pub mod config;
 pub mod controller;
+pub mod deletion;
 pub mod duration;
 pub mod endpoint;
 pub mod events;

@@ -36,6 +36,9 @@ pub mod annotations {
     pub const RESTART_ON_REISSUE: &str = "bootstraptoken.dev/restart-on-reissue";
 }
 
+/// On every token Secret: its deletion waits until the operator has revoked the token in it.
+pub const FINALIZER: &str = "bootstraptoken.dev/revoke-on-delete";
+
 /// The Secret data key holding the compact JWT.
 pub const TOKEN_KEY: &str = "token";
 

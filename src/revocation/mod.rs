@@ -228,17 +228,20 @@ mod tests {
         })
     }
 
+    /// The previous token, the new jti, why, and when the revocation takes effect (if any).
+    type Row<'a> = (
+        Option<Previous<'a>>,
+        Option<&'a str>,
+        RevocationReason,
+        Option<i64>,
+    );
+
     #[test]
     fn what_a_replacement_revokes() {
         use RevocationReason::*;
         let later = NOW + 3600;
         // (previous, new jti, reason) → effective_at of the revocation, or none.
-        let table: [(
-            Option<Previous>,
-            Option<&str>,
-            RevocationReason,
-            Option<i64>,
-        ); 8] = [
+        let table: [Row; 8] = [
             (None, Some("new"), Reissued, None),
             (
                 previous("old", later),
