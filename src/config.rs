@@ -148,7 +148,7 @@ impl Config {
                 duration::format(self.bootstrap.lifetime)
             ));
         }
-        if self.signing.kid.is_empty() {
+        if self.signing.kid.as_deref() == Some("") {
             return Err("signing.kid: must not be empty".into());
         }
         if self.signing.key_secret.is_empty() {
@@ -202,7 +202,7 @@ mod tests {
             "f7d42348-c647-4efb-a52d-4c5787421e00"
         );
         assert_eq!(config.bootstrap.lifetime, Duration::from_secs(315_360_000));
-        assert_eq!(config.signing.kid, "100");
+        assert_eq!(config.signing.kid, None, "the key's thumbprint");
         assert_eq!(
             config.bootstrap.renew_before_for(config.bootstrap.lifetime),
             Duration::from_secs(105_120_000)

@@ -14,9 +14,13 @@ use testenv::TestEnv;
 use crate::signer::SwitchableSigner;
 use crate::support::*;
 
+/// The seed's shape, kid `100` included (set explicitly: by default the kid is the key's
+/// thumbprint).
 const CONFIG: &str = r#"
 bootstrap:
   scope: ["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2"]
+signing:
+  kid: "100"
 "#;
 
 /// Verifies `token` with PyJWT (an implementation that shares no code with ours) against the

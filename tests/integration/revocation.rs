@@ -401,3 +401,38 @@ async fn a_deletion_while_the_operator_is_down_is_not_missed() {
     assert_eq!(list.items.len(), 1);
     operator.stop().await;
 }
+
+/// Every record keeps the `kid`; by default that kid is the key's RFC 7638 thumbprint, not
+/// light-oauth2's `100` (which light-4j's shipped `security.yml` maps to another certificate).
+#[tokio::test]
+async fn the_default_kid_is_the_keys_thumbprint() {
+    let ns = TestEnv::global().namespace("revoke-kid").await;
+    let operator = Operator::start(&ns, "").await;
+    apply_bt(
+        &ns,
+        bt_manifest("svc", json!({"serviceId": "com.example.kid"})),
+    )
+    .await;
+    let status = wait_ready(&ns, "svc").await.status.unwrap();
+    let pem = secret(&ns, "bootstrap-token-signing-key")
+        .await
+        .expect("the key Secret")
+        .data
+        .unwrap()["key.pem"]
+        .0
+        .clone();
+    let key = bootstrap_token_operator::token::LocalKey::from_pem("any", &pem)
+        .unwrap()
+        .named(None);
+    use bootstrap_token_operator::token::Signer;
+    assert_eq!(key.kid().len(), 43, "a base64url SHA-256");
+    assert_eq!(status.key_id.as_deref(), Some(key.kid()));
+    let token = token_of(&secret(&ns, "svc-bootstrap-token").await.unwrap());
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], key.kid());
+    operator.stop().await;
+}
