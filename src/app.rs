@@ -21,6 +21,7 @@ use crate::keyguard;
 use crate::leader::{self, Shutdown};
 use crate::resource::MANAGER;
 use crate::revocation::Revocations;
+use crate::rotation::{self, Rotation};
 use crate::shim;
 use crate::telemetry::{ControllerMetrics, LogFormat};
 use crate::token::store::{KeyProvider, StoreError};
@@ -100,6 +101,8 @@ pub struct Core {
     pub issuer: Arc<Issuer>,
     pub ctx: Arc<Context>,
     keys: Arc<KeyProvider>,
+    /// Signing-key rotation, when the keys are in Secrets.
+    rotation: Option<Rotation>,
 }
 
 impl Core {
@@ -132,8 +135,21 @@ impl Core {
                 instance,
             },
         );
-        let ctx = Arc::new(Context::new(client, issuer.clone(), recorder, metrics));
-        Core { issuer, ctx, keys }
+        let ctx = Arc::new(
+            Context::new(client, issuer.clone(), recorder, metrics)
+                .with_rotation_pace(config.signing.rotation.reissue_per_minute),
+        );
+        let rotation = Rotation::new(
+            keys.clone(),
+            config.signing.rotation.clone(),
+            rotation::drain_for(&config.endpoint),
+        );
+        Core {
+            issuer,
+            ctx,
+            keys,
+            rotation,
+        }
     }
 
     /// Both controllers, over `namespaces` (all when empty), and the signing key Secret's guard,
@@ -152,13 +168,25 @@ impl Core {
                 namespaces,
                 stop.clone()
             ),
-            keyguard::run(&self.keys, &self.ctx.recorder, stop),
+            keyguard::run(&self.keys, &self.ctx.recorder, stop.clone()),
+            async {
+                if let Some(rotation) = &self.rotation {
+                    let tokens = || self.ctx.tokens_by_kid();
+                    rotation.lead(&self.ctx.recorder, tokens, stop).await;
+                }
+            },
         );
     }
 
-    /// Follows the revoked tokens until `stop` resolves: every replica, leader or not.
-    pub async fn watch_revocations(&self, stop: Shutdown) {
-        self.issuer.revocations().watch(stop).await;
+    /// Follows the revoked tokens and the signing-key Secrets until `stop` resolves: every
+    /// replica, leader or not.
+    pub async fn follow(&self, stop: Shutdown) {
+        futures::join!(self.issuer.revocations().watch(stop.clone()), async {
+            match &self.rotation {
+                Some(rotation) => rotation.follow(stop).await,
+                None => stop.await,
+            }
+        });
     }
 }
 
@@ -300,7 +328,7 @@ impl RunArgs {
                 admin_server.into_future(),
                 token_endpoint,
                 readiness,
-                core.watch_revocations(shutdown.clone()),
+                core.follow(shutdown.clone()),
             );
             admin.map_err(|source| AppError::Serve {
                 what: "admin server",

@@ -164,6 +164,26 @@ impl Config {
                 );
             }
         }
+        self.signing
+            .rotation
+            .validate()
+            .map_err(|why| format!("signing.rotation.{why}"))?;
+        if self.signing.rotation.every.is_some() {
+            if self.signing.kms.is_some() {
+                return Err(
+                    "signing.rotation.every: the operator creates new keys in Secrets; \
+                     with signing.kms, rotate by pointing kms.keyId at a new KMS key (README)"
+                        .into(),
+                );
+            }
+            if self.signing.kid.is_some() {
+                return Err(
+                    "signing.rotation.every: every key needs its own kid; leave \
+                     signing.kid unset so each key is named by its thumbprint"
+                        .into(),
+                );
+            }
+        }
         for (i, rule) in self.policy.iter().enumerate() {
             rule.validate()
                 .map_err(|why| format!("policy[{i}].{why}"))?;
@@ -239,7 +259,26 @@ policy:
         );
         assert_eq!(config.signing.previous_keys[0].key_secret, "old-key");
         assert_eq!(config.signing.kms, None);
+        assert_eq!(
+            config.signing.rotation.every, None,
+            "rotation is off by default"
+        );
         assert_eq!(config.policy.len(), 1);
+    }
+
+    #[test]
+    fn reads_a_rotation_schedule() {
+        let config = Config::parse(
+            "signing:\n  rotation: {every: 2160h, prepublish: 48h, reissuePerMinute: 10}\n",
+        )
+        .unwrap();
+        let rotation = &config.signing.rotation;
+        assert_eq!(rotation.every, Some(Duration::from_secs(2160 * 3600)));
+        assert_eq!(rotation.prepublish, Duration::from_secs(48 * 3600));
+        assert_eq!(rotation.reissue_per_minute, 10);
+        let defaults = Config::parse("").unwrap().signing.rotation;
+        assert_eq!(defaults.prepublish, Duration::from_secs(24 * 3600));
+        assert_eq!(defaults.reissue_per_minute, 60);
     }
 
     #[test]
@@ -312,6 +351,27 @@ signing:
                 "signing:\n  kms: {keyId: k, region: r}\n  previousKeys: [{kid: \"6\", keySecret: old}]\n",
                 "signing.previousKeys",
             ),
+            (
+                "signing:\n  rotation: {every: 10s, prepublish: 10s}\n",
+                "signing.rotation.every",
+            ),
+            (
+                "signing:\n  rotation: {prepublish: 0s}\n",
+                "signing.rotation.prepublish",
+            ),
+            (
+                "signing:\n  rotation: {reissuePerMinute: 0}\n",
+                "signing.rotation.reissuePerMinute",
+            ),
+            (
+                "signing:\n  kid: \"100\"\n  rotation: {every: 60s, prepublish: 10s}\n",
+                "signing.kid unset",
+            ),
+            (
+                "signing:\n  kms: {keyId: k, region: r}\n  rotation: {every: 60s, prepublish: 10s}\n",
+                "kms.keyId",
+            ),
+            ("signing:\n  rotation: {every: soon}\n", "every"),
         ];
         for (text, field) in cases {
             let err = Config::parse(text).unwrap_err();

@@ -1,7 +1,7 @@
 //! The BootstrapToken controller: policy check → sign (or re-use) → Secret by server-side apply →
 //! status. Every token in the cluster is issued by this one reconcile path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use crate::resource::{
 };
 use crate::revocation::{self, Previous, RevocationError, RevocationReason};
 use crate::telemetry::{ControllerMetrics, ReasonLabels};
+use crate::token::rotation::Pace;
 use crate::token::store::StoreError;
 use crate::token::{
     BootstrapRequest, Claims, IssueError, Issuer, KeySet, MAX_LIFETIME, TOKEN_VERSION,
@@ -111,6 +112,10 @@ pub struct Context {
     tokens: std::sync::RwLock<Vec<Store<BootstrapToken>>>,
     /// The metadata of the Secrets the operator manages, from the same controllers' watches.
     owned_secrets: std::sync::RwLock<Vec<Store<PartialObjectMeta<Secret>>>>,
+    /// Spreads re-issues onto a rotated key over time.
+    rotation_pace: std::sync::Mutex<Pace>,
+    /// Milliseconds between two of them.
+    rotation_interval_ms: i64,
 }
 
 impl Context {
@@ -128,7 +133,47 @@ impl Context {
             failures: Backoff::default(),
             tokens: Default::default(),
             owned_secrets: Default::default(),
+            rotation_pace: Default::default(),
+            rotation_interval_ms: 1000,
         }
+    }
+
+    /// At most `per_minute` BootstrapTokens move to a rotated key per minute.
+    pub fn with_rotation_pace(mut self, per_minute: u32) -> Self {
+        self.rotation_interval_ms = 60_000 / i64::from(per_minute.max(1));
+        self
+    }
+
+    fn pace_rotation(&self, object: &str) -> Result<(), Duration> {
+        let now = Timestamp::now().as_millisecond();
+        self.rotation_pace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(object, self.rotation_interval_ms, now)
+    }
+
+    /// How many BootstrapTokens' statuses name each kid, from the controllers' caches, once
+    /// every cache has been filled (a partial count could retire a key still in use); `None`
+    /// before the controllers run.
+    pub async fn tokens_by_kid(&self) -> Option<HashMap<String, usize>> {
+        let stores = self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if stores.is_empty() {
+            return None;
+        }
+        let mut counts = HashMap::new();
+        for store in &stores {
+            store.wait_until_ready().await.ok()?;
+            for bt in store.state() {
+                if let Some(kid) = bt.status.as_ref().and_then(|s| s.key_id.clone()) {
+                    *counts.entry(kid).or_default() += 1;
+                }
+            }
+        }
+        Some(counts)
     }
 
     fn cached_secret(&self, namespace: &str, name: &str) -> Option<ObjectMeta> {
@@ -196,17 +241,20 @@ pub enum IssueReason {
     Requested,
     /// The `revoke` annotation has a new value: the current token is revoked at once.
     RevokeRequested,
+    /// Another key signs now (rotation): re-issued at `signing.rotation.reissuePerMinute`.
+    KeyRotated,
 }
 
 impl IssueReason {
     /// Every value of [`IssueReason::label`], the `reason` of the tokens-issued metric.
-    pub const LABELS: [&'static str; 6] = [
+    pub const LABELS: [&'static str; 7] = [
         "secret_missing",
         "token_invalid",
         "inputs_changed",
         "renewal",
         "requested",
         "revoke_requested",
+        "key_rotated",
     ];
 
     fn label(&self) -> &'static str {
@@ -217,6 +265,7 @@ impl IssueReason {
             IssueReason::RenewalDue => "renewal",
             IssueReason::Requested => "requested",
             IssueReason::RevokeRequested => "revoke_requested",
+            IssueReason::KeyRotated => "key_rotated",
         }
     }
 }
@@ -240,6 +289,7 @@ impl std::fmt::Display for IssueReason {
                 "revocation requested by the {} annotation",
                 annotations::REVOKE
             ),
+            IssueReason::KeyRotated => write!(f, "the signing key was rotated"),
         }
     }
 }
@@ -468,6 +518,9 @@ fn reusable(
     if now >= renewal_time(claims.exp, terms.renew_before) {
         return Err(IssueReason::RenewalDue);
     }
+    if verified.kid != keys.active().kid() {
+        return Err(IssueReason::KeyRotated);
+    }
     Ok(Kept {
         token: token.to_string(),
         claims,
@@ -546,7 +599,7 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     let held_elsewhere = ctx.held_elsewhere(bt);
     let world = World {
         issuer: &ctx.issuer,
-        keys,
+        keys: &keys,
         held_elsewhere: held_elsewhere.as_deref(),
         now,
     };
@@ -577,6 +630,15 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
         Decision::Keep(terms, kept) => (terms, *kept, None),
         Decision::Wait(wait, reason) => {
             tracing::info!(%reason, ?wait, "a new token is due; waiting out bootstrap.minReissueInterval");
+            return Ok((Outcome::Unchanged, Action::requeue(wait)));
+        }
+        Decision::Issue(_, IssueReason::KeyRotated)
+            if let Err(wait) = ctx.pace_rotation(&ObjectRef::from(bt).to_string()) =>
+        {
+            tracing::debug!(
+                ?wait,
+                "moving to the new signing key after others, at signing.rotation.reissuePerMinute"
+            );
             return Ok((Outcome::Unchanged, Action::requeue(wait)));
         }
         Decision::Issue(terms, reason) => {
@@ -1277,6 +1339,45 @@ mod tests {
             match decide_at(&bt(|_| {}), &issuer, Some(&existing), &KEYS, NOW) {
                 Decision::Issue(_, IssueReason::TokenInvalid(_)) => {}
                 other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    /// Name, object, its Secret, the key set, now, and why a new token is due (if it is).
+    type RotatedCase<'a> = (
+        &'a str,
+        BootstrapToken,
+        Secret,
+        &'a KeySet,
+        i64,
+        Option<IssueReason>,
+    );
+
+    /// After a rotation the old key still verifies, but a token it signed is re-issued with
+    /// the new one; other reasons come first (their label says more).
+    #[test]
+    fn a_token_of_a_rotated_out_key_is_reissued() {
+        let rotated = KeySet::from_signers(
+            Arc::new(LocalKey::generate("200").unwrap()),
+            vec![KEYS.active().signer().clone()],
+        );
+        let issuer = issuer(vec![]);
+        let fresh = ours(&claims(NOW - 60));
+        let iat = NOW - 1000;
+        let due = NOW - 1000 + 10 * 3600 - 10 * 3600 / 3;
+        #[rustfmt::skip]
+        let cases: Vec<RotatedCase> = vec![
+            ("signed by the active key: kept", bt(|_| {}), fresh.clone(), &KEYS, NOW, None),
+            ("signed by the previous key", bt(|_| {}), fresh.clone(), &rotated, NOW, Some(IssueReason::KeyRotated)),
+            ("renewal due says so", bt(|_| {}), ours(&claims(iat)), &rotated, due, Some(IssueReason::RenewalDue)),
+            ("a changed input says so", bt(|s| s.lifetime = Some("9h".into())), fresh.clone(), &rotated, NOW, Some(IssueReason::Changed(Input::Lifetime))),
+            ("reissue requested says so", with_reissue(bt(|_| {}), "1"), fresh.clone(), &rotated, NOW, Some(IssueReason::Requested)),
+        ];
+        for (name, bt, secret, keys, now, want) in cases {
+            match (decide_at(&bt, &issuer, Some(&secret), keys, now), want) {
+                (Decision::Keep(..), None) => {}
+                (Decision::Issue(_, got), Some(want)) => assert_eq!(got, want, "{name}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
     }

@@ -93,8 +93,9 @@ impl Guard<'_> {
 
     /// Reports a Secret whose key is not the one in use.
     async fn check(&self, secret: &Secret) {
-        // The Secret holds the active key (a thumbprint kid is only known once it is loaded).
-        let Some(in_use) = self.keys.loaded().map(|keys| keys.active()) else {
+        // The Secret holds the configured key (a thumbprint kid is only known once it is
+        // loaded); rotated keys live in Secrets of their own.
+        let Some(in_use) = self.keys.base() else {
             return;
         };
         let stored = secret
@@ -104,7 +105,7 @@ impl Guard<'_> {
             .and_then(|pem| LocalKey::from_pem(self.kid, &pem.0).ok());
         let matches = stored
             .as_ref()
-            .is_some_and(|key| key.public_key() == in_use.signer().public_key());
+            .is_some_and(|key| key.public_key() == in_use.public_key());
         let was_mismatched = self.keys.metrics().mismatch.set(i64::from(!matches)) == 1;
         if matches || was_mismatched {
             return;

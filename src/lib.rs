@@ -17,6 +17,7 @@ pub mod leader;
 pub mod policy;
 pub mod resource;
 pub mod revocation;
+pub mod rotation;
 pub mod shim;
 pub mod telemetry;
 pub mod token;

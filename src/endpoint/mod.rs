@@ -42,7 +42,8 @@ pub struct State {
     metrics: EndpointMetrics,
     clients: registry::Clients,
     reuse: token::ReuseCache,
-    published: tokio::sync::OnceCell<Published>,
+    /// Rebuilt when the key set changes.
+    published: std::sync::Mutex<Option<Arc<Published>>>,
     tls: Option<Arc<tls::CertReloader>>,
     guard: guard::Guard,
 }
@@ -78,28 +79,31 @@ impl State {
             metrics,
             clients,
             reuse: token::ReuseCache::default(),
-            published: tokio::sync::OnceCell::new(),
+            published: std::sync::Mutex::default(),
             tls,
             guard,
         })
     }
 
-    async fn published(&self) -> Result<&Published, OAuthError> {
+    async fn published(&self) -> Result<Arc<Published>, OAuthError> {
         let keys = self.issuer.keys().await.map_err(|error| {
             OAuthError::new(
                 ErrorKind::KeysUnavailable,
                 format!("the signing keys are not available yet: {error}"),
             )
         })?;
-        self.published
-            .get_or_try_init(|| async { Published::new(keys) })
-            .await
-            .map_err(|why| {
-                OAuthError::new(
-                    ErrorKind::KeysUnavailable,
-                    format!("publishing the keys failed: {why}"),
-                )
-            })
+        let mut cached = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(published) = cached.as_ref().filter(|p| Arc::ptr_eq(&p.keys, &keys)) {
+            return Ok(published.clone());
+        }
+        let published = Arc::new(Published::new(keys).map_err(|why| {
+            OAuthError::new(
+                ErrorKind::KeysUnavailable,
+                format!("publishing the keys failed: {why}"),
+            )
+        })?);
+        *cached = Some(published.clone());
+        Ok(published)
     }
 }
 

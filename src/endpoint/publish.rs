@@ -11,17 +11,19 @@ use serde::Serialize;
 use super::config::Grant;
 use crate::token::{CertificateError, KeySet, Signer, self_signed_pem};
 
-/// Built once per key set: the keys never change while the process runs. The JWKS needs no
-/// signature; each certificate does, so it is made on first request and kept — a signer that is
-/// down (a KMS) costs the certificate, never the JWKS.
+/// Built once per key set (a new one after each rotation step). The JWKS needs no signature;
+/// each certificate does, so it is made on first request and kept — a signer that is down (a
+/// KMS) costs the certificate, never the JWKS.
 pub struct Published {
+    /// The key set this was built from.
+    pub keys: Arc<KeySet>,
     pub jwks: Vec<u8>,
     /// PEM X.509 certificate per `kid`, once made.
     certs: HashMap<String, (Arc<dyn Signer>, OnceCell<String>)>,
 }
 
 impl Published {
-    pub fn new(keys: &KeySet) -> Result<Published, String> {
+    pub fn new(keys: Arc<KeySet>) -> Result<Published, String> {
         let jwks = serde_json::to_vec(&keys.jwks()).map_err(|e| format!("JWKS: {e}"))?;
         let certs = keys
             .all()
@@ -33,7 +35,7 @@ impl Published {
                 )
             })
             .collect();
-        Ok(Published { jwks, certs })
+        Ok(Published { keys, jwks, certs })
     }
 
     /// The certificate of `kid`; `None` when there is no such key.

@@ -200,12 +200,13 @@ impl Issuer {
         &self.bootstrap
     }
 
-    /// The key set, loaded on first use.
-    pub async fn keys(&self) -> Result<&KeySet, StoreError> {
+    /// The key set as it is now, loaded on first use.
+    pub async fn keys(&self) -> Result<Arc<KeySet>, StoreError> {
         self.keys.get().await
     }
 
-    /// One item each time the keys load after failing to: a key lost and restored.
+    /// One item each time the keys load after failing to (a key lost and restored) or the
+    /// active key changes (rotation).
     pub fn keys_recovered(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
         self.keys.recovered()
     }
@@ -302,7 +303,8 @@ impl Issuer {
         token: &'static str,
         reason: &'static str,
     ) -> Result<Issued, IssueError> {
-        let key = self.keys.get().await?.active();
+        let keys = self.keys.get().await?;
+        let key = keys.active();
         let signed = key.sign(&claims).await?;
         self.issued
             .get_or_create(&IssuedLabels { token, reason })

@@ -8,6 +8,7 @@ mod issuer;
 mod keys;
 pub mod kms;
 mod local;
+pub mod rotation;
 mod signer;
 mod signing;
 pub mod store;
@@ -23,4 +24,4 @@ pub use issuer::{
 pub use keys::{Key, KeySet, VerifiedToken, VerifyError};
 pub use local::{KeyError, LocalKey};
 pub use signer::{RsaPublicKey, SignError, Signer};
-pub use signing::{KmsConfig, PreviousKey, SigningConfig};
+pub use signing::{KmsConfig, PreviousKey, RotationConfig, SigningConfig};

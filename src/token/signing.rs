@@ -1,6 +1,10 @@
 //! The `signing:` section of the configuration: where the signing keys live.
 
+use std::time::Duration;
+
 use serde::Deserialize;
+
+use crate::duration;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -21,6 +25,66 @@ pub struct SigningConfig {
     /// is read or created, and `keySecret` is ignored.
     #[serde(default)]
     pub kms: Option<KmsConfig>,
+    /// Scheduled key rotation, and how fast BootstrapTokens move to a new key (README,
+    /// "Signing-key rotation").
+    #[serde(default)]
+    pub rotation: RotationConfig,
+}
+
+/// `signing.rotation`: off unless `every` is set; `prepublish` and `reissuePerMinute` also pace a
+/// manual rotation (a key Secret an administrator adds).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotationConfig {
+    /// A new key signs this long after the previous one started to; never when absent.
+    #[serde(default, deserialize_with = "duration::serde_go::option")]
+    pub every: Option<Duration>,
+    /// How long a new key is in the JWKS before it signs anything, so verifiers that cache the
+    /// JWKS know it before they meet a token carrying its kid.
+    #[serde(default = "default_prepublish", with = "duration::serde_go")]
+    pub prepublish: Duration,
+    /// BootstrapTokens re-issued with the new key per minute at most, so pods roll gradually.
+    #[serde(default = "default_reissue_per_minute")]
+    pub reissue_per_minute: u32,
+}
+
+fn default_prepublish() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_reissue_per_minute() -> u32 {
+    60
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig {
+            every: None,
+            prepublish: default_prepublish(),
+            reissue_per_minute: default_reissue_per_minute(),
+        }
+    }
+}
+
+impl RotationConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.prepublish < Duration::from_secs(1) {
+            return Err("prepublish: must be at least 1s".into());
+        }
+        if let Some(every) = self.every
+            && every <= self.prepublish
+        {
+            return Err(format!(
+                "every: {} must be longer than prepublish {}",
+                duration::format(every),
+                duration::format(self.prepublish)
+            ));
+        }
+        if self.reissue_per_minute == 0 {
+            return Err("reissuePerMinute: must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// An asymmetric KMS key (RSA_2048/3072/4096, SIGN_VERIFY) that signs RS256; credentials come
@@ -89,6 +153,7 @@ impl Default for SigningConfig {
             key_secret: default_key_secret(),
             previous_keys: Vec::new(),
             kms: None,
+            rotation: RotationConfig::default(),
         }
     }
 }

@@ -1,15 +1,21 @@
 //! Signing keys kept in Kubernetes Secrets, so every replica and every restart signs with the
 //! same key.
 
+use std::sync::Arc;
+
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::kms::{KmsError, KmsSource};
+use super::rotation::{self, KEY_LABEL, KeyState};
 use super::signing::THUMBPRINT_KID;
 use super::{KeyError, KeySet, LocalKey};
 use super::{Signer, SigningConfig};
@@ -51,11 +57,39 @@ pub enum StoreError {
     Kms(#[from] KmsError),
 }
 
-/// The keys as loaded, with the active key's PEM exactly as stored, so its Secret can be put
-/// back from memory.
+/// The keys as loaded, with the configured key's PEM exactly as stored, so its Secret can be
+/// put back from memory; `current` is what signs and verifies now, swapped as rotation goes on.
 struct Loaded {
-    keys: KeySet,
+    /// The configured key (`signing.keySecret`, or the KMS key): it signs unless a rotated key
+    /// has taken over.
+    base: Arc<dyn Signer>,
+    /// `signing.previousKeys`: always published, never signing.
+    previous: Vec<Arc<dyn Signer>>,
     active_pem: Vec<u8>,
+    current: std::sync::RwLock<Arc<KeySet>>,
+}
+
+impl Loaded {
+    fn new(keys: KeySet, active_pem: Vec<u8>) -> Self {
+        let base = keys.active().signer().clone();
+        let previous = keys.all()[1..]
+            .iter()
+            .map(|key| key.signer().clone())
+            .collect();
+        Loaded {
+            base,
+            previous,
+            active_pem,
+            current: std::sync::RwLock::new(Arc::new(keys)),
+        }
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Loads the active key and every previous key that still exists (a missing previous key
@@ -86,9 +120,13 @@ async fn load_or_create(
         None => {
             // A thumbprint kid is unknown until the key exists: then every token signed by a key
             // that is not a previous one was signed by the lost key.
+            let rotated = rotated_kids(&secrets, namespace).await?;
             let lost = |held: &str| match kid {
                 Some(kid) => held == kid,
-                None => !previous.iter().any(|key| key.kid() == held),
+                None => {
+                    !previous.iter().any(|key| key.kid() == held)
+                        && !rotated.iter().any(|other| other == held)
+                }
             };
             let referencing =
                 tokens_signed_with(&client, watched, lost, signing.kid_label()).await?;
@@ -104,10 +142,28 @@ async fn load_or_create(
         }
     };
     let (active, active_pem) = active;
-    Ok(Loaded {
-        keys: KeySet::new(active, previous),
-        active_pem,
-    })
+    Ok(Loaded::new(KeySet::new(active, previous), active_pem))
+}
+
+/// The kids of the other signing-key Secrets (rotated keys, named by their thumbprints).
+async fn rotated_kids(secrets: &Api<Secret>, namespace: &str) -> Result<Vec<String>, StoreError> {
+    let list = secrets
+        .list(&ListParams::default().labels(KEY_LABEL))
+        .await
+        .map_err(|source| StoreError::Api {
+            namespace: namespace.into(),
+            name: format!("(Secrets labelled {KEY_LABEL})"),
+            source,
+        })?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|secret| {
+            let pem = secret.data.as_ref()?.get(KEY_FIELD)?;
+            let key = LocalKey::from_pem(THUMBPRINT_KID, &pem.0).ok()?;
+            Some(key.named(None).kid().to_string())
+        })
+        .collect())
 }
 
 /// How many BootstrapTokens in `watched` (all namespaces when empty) say their token was signed
@@ -235,10 +291,13 @@ pub fn key_secret(name: &str, pem: &[u8]) -> Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
             labels: Some(
-                [(
-                    crate::resource::MANAGED_BY_LABEL.to_string(),
-                    crate::resource::MANAGER.to_string(),
-                )]
+                [
+                    (
+                        crate::resource::MANAGED_BY_LABEL.to_string(),
+                        crate::resource::MANAGER.to_string(),
+                    ),
+                    (KEY_LABEL.to_string(), "true".to_string()),
+                ]
                 .into(),
             ),
             ..Default::default()
@@ -263,12 +322,14 @@ pub struct KeyProvider {
     /// Told when the keys load after a failed attempt, so what failed for want of them is
     /// retried at once rather than after its back-off.
     recovered: tokio::sync::watch::Sender<()>,
+    /// True once the rotation state is in place (at once for keys not in Secrets).
+    installed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Where the keys live.
 enum Source {
     /// Secrets in the operator's namespace.
-    Secret(SecretSource),
+    Secret(Box<SecretSource>),
     /// A KMS key (`signing.kms`): no Secret is read or created.
     Kms(KmsSource),
     /// Handed over ready-made.
@@ -304,6 +365,21 @@ pub struct KeyMetrics {
     pub mismatch: Gauge,
     /// Times the key Secret was put back from memory after it was deleted.
     pub restored: Counter,
+    /// 1 for each signing key's current phase.
+    pub phase: Family<KeyPhaseLabels, Gauge>,
+    /// Unexpired, unrevoked tokens each key signed, as the leader last counted them.
+    pub tokens_left: Family<KidLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyPhaseLabels {
+    pub kid: String,
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KidLabels {
+    pub kid: String,
 }
 
 impl KeyProvider {
@@ -312,12 +388,12 @@ impl KeyProvider {
     pub fn new(client: Client, namespace: &str, signing: SigningConfig) -> Self {
         match &signing.kms {
             Some(kms) => Self::from_kms(KmsSource::new(signing.kid.as_deref(), kms.clone())),
-            None => Self::with_source(Source::Secret(SecretSource {
+            None => Self::with_source(Source::Secret(Box::new(SecretSource {
                 client,
                 namespace: namespace.to_string(),
                 signing,
                 watched: Vec::new(),
-            })),
+            }))),
         }
     }
 
@@ -329,15 +405,14 @@ impl KeyProvider {
     /// Keys already in memory (benchmarks, tests of the HTTP endpoint alone).
     pub fn from_keys(keys: KeySet) -> Self {
         let provider = Self::with_source(Source::Ready(keys.clone()));
-        let _ = provider.keys.set(Loaded {
-            keys,
-            active_pem: Vec::new(),
-        });
+        let _ = provider.keys.set(Loaded::new(keys, Vec::new()));
         provider
     }
 
     fn with_source(source: Source) -> Self {
+        let installed = !matches!(source, Source::Secret(_));
         KeyProvider {
+            installed: tokio::sync::watch::Sender::new(installed),
             source,
             keys: tokio::sync::OnceCell::new(),
             metrics: KeyMetrics::default(),
@@ -367,6 +442,16 @@ impl KeyProvider {
             self.metrics.mismatch.clone(),
         );
         registry.register(
+            "bootstrap_token_signing_key_phase",
+            "1 for each signing key's phase (scheduled, published, active, draining, retired)",
+            self.metrics.phase.clone(),
+        );
+        registry.register(
+            "bootstrap_token_signing_key_tokens_left",
+            "Unexpired, unrevoked tokens each signing key signed, as the leader last counted",
+            self.metrics.tokens_left.clone(),
+        );
+        registry.register(
             "bootstrap_token_signing_key_restored",
             "Times the deleted signing key Secret was restored from memory",
             self.metrics.restored.clone(),
@@ -377,24 +462,33 @@ impl KeyProvider {
         &self.metrics
     }
 
-    pub async fn get(&self) -> Result<&KeySet, StoreError> {
+    /// The keys that sign and verify now (loaded on first use). Keys from Secrets are handed out
+    /// only once [`Self::install`] has put the rotation state in place: until then the configured
+    /// key might sign although a rotated key has replaced it.
+    pub async fn get(&self) -> Result<Arc<KeySet>, StoreError> {
+        let keys = self.load().await?;
+        if *self.installed.borrow() {
+            return Ok(keys);
+        }
+        let mut installed = self.installed.subscribe();
+        // The sender lives as long as `self`: this cannot fail while we are borrowed.
+        let _ = installed.wait_for(|done| *done).await;
+        Ok(self.keys.get().map_or(keys, Loaded::current))
+    }
+
+    /// The keys as loaded, before or after [`Self::install`].
+    pub async fn load(&self) -> Result<Arc<KeySet>, StoreError> {
         self.keys
             .get_or_try_init(|| async {
                 let source = match &self.source {
                     Source::Secret(source) => source,
                     Source::Kms(kms) => {
-                        let loaded = kms.load().await.map(|keys| Loaded {
-                            keys,
-                            active_pem: Vec::new(),
-                        });
+                        let loaded = kms.load().await.map(|keys| Loaded::new(keys, Vec::new()));
                         self.note_load(loaded.is_ok());
                         return Ok(loaded?);
                     }
                     Source::Ready(keys) => {
-                        return Ok(Loaded {
-                            keys: keys.clone(),
-                            active_pem: Vec::new(),
-                        });
+                        return Ok(Loaded::new(keys.clone(), Vec::new()));
                     }
                 };
                 // Callers queue here while one loads: those after a KeyLost hear it from memory.
@@ -426,7 +520,7 @@ impl KeyProvider {
                 loaded
             })
             .await
-            .map(|loaded| &loaded.keys)
+            .map(Loaded::current)
     }
 
     /// Keeps the unavailable gauge, and tells [`Self::recovered`] when a load succeeds after one
@@ -438,12 +532,91 @@ impl KeyProvider {
         }
     }
 
-    /// The keys if they are loaded already, without touching the API server.
-    pub fn loaded(&self) -> Option<&KeySet> {
-        self.keys.get().map(|loaded| &loaded.keys)
+    /// The configured key, once loaded, without touching the API server.
+    pub fn base(&self) -> Option<&Arc<dyn Signer>> {
+        self.keys.get().map(|loaded| &loaded.base)
     }
 
-    /// One item each time the keys load after failing to (from now on).
+    /// Puts the keys `rotated` describes in place (every replica, as the key Secrets change):
+    /// the active key at `now` signs; published, active and draining keys and the previous keys
+    /// verify and are in the JWKS. The configured key's phase comes from its entry in `rotated`
+    /// (its signer there is ignored: the loaded one stays) or, absent, it has signed since it
+    /// exists. Returns when the phases change next by the clock alone; does nothing before the
+    /// keys are loaded.
+    pub fn install(
+        &self,
+        rotated: Vec<(KeyState, Option<Arc<dyn Signer>>)>,
+        now: i64,
+    ) -> Option<i64> {
+        let loaded = self.keys.get()?;
+        let mut states = Vec::with_capacity(rotated.len() + 1);
+        let mut signers = Vec::with_capacity(rotated.len() + 1);
+        if !rotated.iter().any(|(state, _)| state.base) {
+            states.push(KeyState {
+                name: String::new(),
+                kid: loaded.base.kid().to_string(),
+                created: 0,
+                publish_from: None,
+                active_from: None,
+                retired_at: None,
+                noted: None,
+                base: true,
+            });
+            signers.push(loaded.base.clone());
+        }
+        for (mut state, signer) in rotated {
+            let signer = match (state.base, signer) {
+                (true, _) => {
+                    state.kid = loaded.base.kid().to_string();
+                    loaded.base.clone()
+                }
+                (false, Some(signer)) => signer,
+                // Unreadable: reported where it was read, left out here.
+                (false, None) => continue,
+            };
+            signers.push(signer);
+            states.push(state);
+        }
+        let phases = rotation::phases(&states, now);
+        let active = rotation::active_key(&states, now)
+            .map_or_else(|| loaded.base.clone(), |i| signers[i].clone());
+        let mut verifying: Vec<Arc<dyn Signer>> = signers
+            .iter()
+            .zip(&phases)
+            .filter(|(_, phase)| phase.published())
+            .map(|(signer, _)| signer.clone())
+            .collect();
+        verifying.extend(loaded.previous.iter().cloned());
+        let next = KeySet::from_signers(active, verifying);
+        let kids = |keys: &KeySet| -> Vec<String> {
+            keys.all().iter().map(|key| key.kid().to_string()).collect()
+        };
+        let previous = loaded.current();
+        if kids(&previous) != kids(&next) {
+            let switched = previous.active().kid() != next.active().kid();
+            tracing::info!(active = %next.active().kid(), published = ?kids(&next), "signing keys changed");
+            *loaded.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+            if switched {
+                // Every BootstrapToken is looked at again: those under another kid move over.
+                self.recovered.send_replace(());
+            }
+        }
+        self.metrics.phase.clear();
+        for (state, phase) in states.iter().zip(&phases) {
+            self.metrics
+                .phase
+                .get_or_create(&KeyPhaseLabels {
+                    kid: state.kid.clone(),
+                    phase: phase.as_str(),
+                })
+                .set(1);
+        }
+        self.installed.send_replace(true);
+        rotation::next_change(&states, now)
+    }
+
+    /// One item each time the keys load after failing to, or the active key changes (from now
+    /// on).
     pub fn recovered(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
         futures::stream::unfold(self.recovered.subscribe(), |mut changes| async move {
             changes.changed().await.ok()?;

@@ -86,7 +86,7 @@ impl Operator {
             let core = core.clone();
             async move {
                 futures::join!(
-                    core.watch_revocations(shutdown.clone()),
+                    core.follow(shutdown.clone()),
                     core.reconcile(&namespaces, shutdown)
                 );
             }
@@ -138,7 +138,7 @@ impl Operator {
         self.ctx.metrics.reconcile_count(W::CONTROLLER)
     }
 
-    pub async fn keys(&self) -> &bootstrap_token_operator::token::KeySet {
+    pub async fn keys(&self) -> Arc<bootstrap_token_operator::token::KeySet> {
         self.ctx.issuer.keys().await.expect("keys load")
     }
 }

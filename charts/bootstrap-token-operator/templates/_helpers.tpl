@@ -49,9 +49,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* Rules for the operator's own namespace, in both modes: its signing key Secret (watched so a
 deletion is undone, with events on it) and its leader Lease, which it may hold nowhere else. */}}
 {{- define "bto.ownRules" -}}
+# Signing-key Secrets: read, created (the first key, and the next one on rotation), and their
+# phase annotations patched.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]

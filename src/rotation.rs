@@ -1,0 +1,437 @@
+//! Signing-key rotation carried out. Every replica follows the signing-key Secrets into its key
+//! set ([`Rotation::follow`]); the leader takes the steps [`next_step`] decides
+//! ([`Rotation::lead`]): schedule an administrator's key, create the next key, note each phase
+//! (with an event), retire a drained key. All state is in the Secrets' annotations, so a restart
+//! or a new leader carries on from there.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+
+use crate::endpoint::EndpointConfig;
+use crate::events::EventPublisher;
+use crate::leader::Shutdown;
+use crate::revocation::{RevokedToken, parse_time, rfc3339};
+use crate::token::rotation::{
+    ACTIVE_FROM, KEY_LABEL, KeyState, PHASE, PUBLISH_FROM, Phase, RETIRED_AT, Step, next_step,
+};
+use crate::token::store::{KEY_FIELD, KeyProvider, KidLabels, key_secret};
+use crate::token::{LocalKey, RotationConfig, Signer};
+
+/// How often the leader looks at the tokens left under a draining key, and how soon it tries
+/// again after a failed step.
+const POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error("signing-key Secrets in {namespace}: {source}")]
+    Api {
+        namespace: String,
+        source: kube::Error,
+    },
+    #[error("generating the next signing key: {0}")]
+    Key(#[from] crate::token::KeyError),
+}
+
+/// The longest an endpoint-issued access token lives: a superseded key stays published at least
+/// that long after its successor signs, since those tokens are not recorded anywhere.
+pub fn drain_for(endpoint: &EndpointConfig) -> Duration {
+    if !endpoint.enabled {
+        return Duration::ZERO;
+    }
+    endpoint
+        .clients
+        .iter()
+        .map(|client| endpoint.lifetime_of(client))
+        .chain([endpoint.access_token_lifetime])
+        .max()
+        .unwrap_or_default()
+}
+
+pub struct Rotation {
+    secrets: Api<Secret>,
+    records: Api<RevokedToken>,
+    namespace: String,
+    /// `signing.keySecret`.
+    base_name: String,
+    config: RotationConfig,
+    drain: Duration,
+    keys: Arc<KeyProvider>,
+}
+
+impl Rotation {
+    /// Rotation of the keys `keys` holds in Secrets; `None` when they are not in Secrets (KMS,
+    /// keys handed over in memory).
+    pub fn new(
+        keys: Arc<KeyProvider>,
+        config: RotationConfig,
+        drain: Duration,
+    ) -> Option<Rotation> {
+        let secret = keys.key_secret()?;
+        let (client, namespace, base_name) = (
+            secret.client.clone(),
+            secret.namespace.to_string(),
+            secret.name.to_string(),
+        );
+        Some(Rotation {
+            secrets: Api::namespaced(client.clone(), &namespace),
+            records: Api::namespaced(client, &namespace),
+            namespace,
+            base_name,
+            config,
+            drain,
+            keys,
+        })
+    }
+
+    /// Keeps this replica's key set in line with the key Secrets until `stop` (every replica).
+    pub async fn follow(&self, stop: Shutdown) {
+        // Loaded first: the configured key is what the Secrets' phases are applied to.
+        let mut delay = Duration::from_millis(200);
+        while self.keys.load().await.is_err() {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.clone() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        let config = watcher::Config::default().labels(KEY_LABEL);
+        let mut events = watcher(self.secrets.clone(), config)
+            .backoff(crate::backoff::watch())
+            .take_until(stop)
+            .boxed();
+        let mut listing = BTreeMap::new();
+        // The Secrets as last listed and watched; none until the first list is complete.
+        let mut known: Option<BTreeMap<String, Secret>> = None;
+        // When the phases change next by the clock alone.
+        let mut next: Option<i64> = None;
+        loop {
+            let wake = async move {
+                match next {
+                    Some(at) => tokio::time::sleep(until(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                event = events.try_next() => Some(event),
+                () = wake => None,
+            };
+            match event {
+                // The clock moved a key to its next phase.
+                None => {}
+                Some(Ok(Some(watcher::Event::Init))) => {
+                    listing.clear();
+                    continue;
+                }
+                Some(Ok(Some(watcher::Event::InitApply(secret)))) => {
+                    listing.insert(secret.name_any(), secret);
+                    continue;
+                }
+                Some(Ok(Some(watcher::Event::InitDone))) => {
+                    known = Some(std::mem::take(&mut listing));
+                }
+                Some(Ok(Some(watcher::Event::Apply(secret)))) => {
+                    if let Some(known) = &mut known {
+                        known.insert(secret.name_any(), secret);
+                    }
+                }
+                Some(Ok(Some(watcher::Event::Delete(secret)))) => {
+                    if let Some(known) = &mut known {
+                        known.remove(&secret.name_any());
+                    }
+                }
+                Some(Ok(None)) => break,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "watching the signing-key Secrets");
+                    continue;
+                }
+            }
+            if let Some(known) = &known {
+                let now = jiff::Timestamp::now().as_second();
+                let rotated = known
+                    .values()
+                    .filter_map(|secret| self.key_of(secret))
+                    .collect();
+                next = self.keys.install(rotated, now);
+            }
+        }
+    }
+
+    /// A key Secret as the decisions see it, with its key (none if unreadable).
+    fn key_of(&self, secret: &Secret) -> Option<(KeyState, Option<Arc<dyn Signer>>)> {
+        let name = secret.name_any();
+        let base = name == self.base_name;
+        let signer = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(KEY_FIELD))
+            .and_then(|pem| LocalKey::from_pem("(rotated key)", &pem.0).ok())
+            .map(|key| Arc::new(key.named(None)) as Arc<dyn Signer>);
+        if signer.is_none() && !base {
+            tracing::warn!(secret = %name, "signing-key Secret has no valid {KEY_FIELD}; left out");
+        }
+        let notes = secret.annotations();
+        let time = |key: &str| notes.get(key).and_then(|text| parse_time(text));
+        let state = KeyState {
+            kid: signer
+                .as_ref()
+                .map(|s| s.kid().to_string())
+                .unwrap_or_default(),
+            created: secret
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_second()),
+            publish_from: time(PUBLISH_FROM),
+            active_from: time(ACTIVE_FROM),
+            retired_at: time(RETIRED_AT),
+            noted: notes.get(PHASE).and_then(|text| Phase::parse(text)),
+            base,
+            name,
+        };
+        Some((state, signer))
+    }
+
+    /// Takes rotation steps until `stop` (the leader). `tokens_by_kid` counts the BootstrapTokens
+    /// whose status names each kid, `None` until it can.
+    pub async fn lead<F, Fut>(&self, recorder: &EventPublisher, tokens_by_kid: F, stop: Shutdown)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Option<HashMap<String, usize>>>,
+    {
+        let work = async {
+            loop {
+                let wait = match self.step(recorder, &tokens_by_kid).await {
+                    Ok(Some(wait)) => wait,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "signing-key rotation step failed; retrying");
+                        POLL
+                    }
+                };
+                tokio::time::sleep(wait).await;
+            }
+        };
+        tokio::select! {
+            () = work => {}
+            () = stop => {}
+        }
+    }
+
+    /// One step; how long to wait before the next, `None` for at once.
+    async fn step<F, Fut>(
+        &self,
+        recorder: &EventPublisher,
+        tokens_by_kid: &F,
+    ) -> Result<Option<Duration>, RotationError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Option<HashMap<String, usize>>>,
+    {
+        let Some(mut tokens_left) = tokens_by_kid().await else {
+            return Ok(Some(POLL));
+        };
+        let api = |source| RotationError::Api {
+            namespace: self.namespace.clone(),
+            source,
+        };
+        let listed = self
+            .secrets
+            .list(&ListParams::default().labels(KEY_LABEL))
+            .await
+            .map_err(api)?;
+        if !listed.items.iter().any(|s| s.name_any() == self.base_name)
+            && let Some(base) = self.secrets.get_opt(&self.base_name).await.map_err(api)?
+            && base.labels().get(KEY_LABEL).is_none()
+        {
+            // Made before rotation existed: labelled so every replica follows its phases.
+            let patch = json!({"metadata": {"labels": {KEY_LABEL: "true"}}});
+            self.patch(&self.base_name, &patch).await?;
+            return Ok(None);
+        }
+        let mut keys: Vec<KeyState> = listed
+            .items
+            .iter()
+            .filter_map(|secret| self.key_of(secret))
+            .map(|(mut state, _)| {
+                if state.base
+                    && let Some(base) = self.keys.base()
+                {
+                    state.kid = base.kid().to_string();
+                }
+                state
+            })
+            .collect();
+        keys.retain(|key| !key.kid.is_empty());
+        let now = jiff::Timestamp::now().as_second();
+        // Tokens revoked with a delay (a re-issue's grace period) still verify until then.
+        for record in self
+            .records
+            .list(&ListParams::default())
+            .await
+            .map_err(api)?
+        {
+            let spec = &record.spec;
+            let alive = parse_time(&spec.expires_at).is_none_or(|exp| exp > now)
+                && parse_time(&spec.effective_at).is_none_or(|at| at > now);
+            if alive {
+                *tokens_left.entry(spec.key_id.clone()).or_default() += 1;
+            }
+        }
+        let metric = &self.keys.metrics().tokens_left;
+        metric.clear();
+        for key in &keys {
+            let left = tokens_left.get(&key.kid).copied().unwrap_or(0);
+            metric
+                .get_or_create(&KidLabels {
+                    kid: key.kid.clone(),
+                })
+                .set(i64::try_from(left).unwrap_or(i64::MAX));
+        }
+        let step = next_step(&keys, &tokens_left, &self.config, self.drain, now);
+        let kid_of = |name: &str| {
+            keys.iter()
+                .find(|key| key.name == name)
+                .map(|key| key.kid.clone())
+                .unwrap_or_default()
+        };
+        let (name, reason, note) = match step {
+            Step::Idle { until } => {
+                let wait = until.map_or(POLL, |at| self::until(at).min(POLL));
+                return Ok(Some(wait.max(Duration::from_millis(100))));
+            }
+            Step::Schedule {
+                name,
+                publish_from,
+                active_from,
+            } => {
+                let patch = json!({"metadata": {"annotations": {
+                    PUBLISH_FROM: rfc3339(publish_from),
+                    ACTIVE_FROM: rfc3339(active_from),
+                }}});
+                self.patch(&name, &patch).await?;
+                let note = format!(
+                    "key {} is published from {} and signs from {}",
+                    kid_of(&name),
+                    rfc3339(publish_from),
+                    rfc3339(active_from)
+                );
+                (name, "SigningKeyScheduled", note)
+            }
+            Step::Create {
+                publish_from,
+                active_from,
+            } => {
+                let key = LocalKey::generate("(next key)")?.named(None);
+                let pem = key.to_pkcs8_pem()?;
+                let name = format!("{}-{publish_from}", self.base_name);
+                let mut secret = key_secret(&name, pem.as_bytes());
+                secret.metadata.annotations = Some(BTreeMap::from([
+                    (PUBLISH_FROM.to_string(), rfc3339(publish_from)),
+                    (ACTIVE_FROM.to_string(), rfc3339(active_from)),
+                ]));
+                match self.secrets.create(&PostParams::default(), &secret).await {
+                    Ok(_) => {}
+                    // Another leader made it a moment ago: the next list shows it.
+                    Err(kube::Error::Api(status)) if status.code == 409 => return Ok(None),
+                    Err(source) => return Err(api(source)),
+                }
+                let note = format!(
+                    "created key {} (signing.rotation.every): published from {}, signs from {}",
+                    key.kid(),
+                    rfc3339(publish_from),
+                    rfc3339(active_from)
+                );
+                (name, "SigningKeyCreated", note)
+            }
+            Step::Note { name, phase } => {
+                let patch = json!({"metadata": {"annotations": {PHASE: phase.as_str()}}});
+                self.patch(&name, &patch).await?;
+                let kid = kid_of(&name);
+                let (reason, note) = match phase {
+                    Phase::Scheduled => ("SigningKeyScheduled", format!("key {kid} is scheduled")),
+                    Phase::Published => (
+                        "SigningKeyPublished",
+                        format!("key {kid} is in the JWKS; it signs nothing yet"),
+                    ),
+                    Phase::Active => (
+                        "SigningKeyActivated",
+                        format!("key {kid} signs new tokens; BootstrapTokens move to it"),
+                    ),
+                    Phase::Draining => (
+                        "SigningKeyDraining",
+                        format!(
+                            "key {kid} no longer signs; it stays in the JWKS while {} token(s) it signed are alive",
+                            tokens_left.get(&kid).copied().unwrap_or(0)
+                        ),
+                    ),
+                    Phase::Retired => {
+                        ("SigningKeyRetired", format!("key {kid} is out of the JWKS"))
+                    }
+                };
+                (name, reason, note)
+            }
+            Step::Retire { name } => {
+                let patch = json!({"metadata": {"annotations": {
+                    RETIRED_AT: rfc3339(now),
+                    PHASE: Phase::Retired.as_str(),
+                }}});
+                self.patch(&name, &patch).await?;
+                let note = format!(
+                    "key {} left the JWKS: no unexpired, unrevoked token it signed is left",
+                    kid_of(&name)
+                );
+                (name, "SigningKeyRetired", note)
+            }
+        };
+        tracing::info!(secret = %name, reason, "{note}");
+        self.report(recorder, &name, reason, note).await;
+        Ok(None)
+    }
+
+    /// A merge patch of our own key Secret's metadata.
+    async fn patch(&self, name: &str, patch: &serde_json::Value) -> Result<(), RotationError> {
+        self.secrets
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(drop)
+            .map_err(|source| RotationError::Api {
+                namespace: self.namespace.clone(),
+                source,
+            })
+    }
+
+    async fn report(&self, recorder: &EventPublisher, name: &str, reason: &str, note: String) {
+        let regarding = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(name.into()),
+            namespace: Some(self.namespace.clone()),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Rotate".into(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &regarding).await {
+            tracing::warn!(%error, reason, "could not publish event");
+        }
+    }
+}
+
+/// From now until `at` (Unix seconds), zero when past.
+fn until(at: i64) -> Duration {
+    let now = jiff::Timestamp::now().as_millisecond();
+    Duration::from_millis(u64::try_from(at.saturating_mul(1000).saturating_sub(now)).unwrap_or(0))
+}
