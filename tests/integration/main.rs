@@ -12,6 +12,7 @@ mod local_kms;
 mod operations;
 mod process;
 mod revocation;
+mod rotation;
 mod shim;
 #[path = "../common/signer.rs"]
 mod signer;

@@ -1,0 +1,254 @@
+//! Signing-key rotation through the real API server, on a short schedule, with two operator
+//! processes: the JWKS (polled over HTTP on every replica) publishes the next key before any
+//! token carries its kid, every BootstrapToken moves to it, the old key leaves the JWKS only
+//! after, and killing the leader in the middle does not stop it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kube::api::{Api, ListParams};
+use serde_json::json;
+
+use bootstrap_token_operator::resource::BootstrapToken;
+use bootstrap_token_operator::token::rotation::KEY_LABEL;
+use k8s_openapi::api::core::v1::Secret;
+use testenv::{TestEnv, free_loopback_addr};
+
+use crate::process::{OperatorProcess, lease_holder};
+use crate::support::*;
+
+/// A new key every 30 s, published 10 s before it signs; old tokens revoked 2 s after their
+/// re-issue; endpoint tokens live 3 s, so a superseded key drains 3 s after its successor signs.
+const CONFIG: &str = r#"
+signing:
+  rotation: {every: 30s, prepublish: 10s, reissuePerMinute: 120}
+revocation:
+  reissueGrace: 2s
+  sweepInterval: 1s
+endpoint:
+  accessTokenLifetime: 3s
+"#;
+const TOKENS: [&str; 3] = ["alpha", "beta", "gamma"];
+/// The whole rotation, a leader failover (the Lease lasts 15 s) included.
+const ROTATION: Duration = Duration::from_secs(120);
+
+struct Replica {
+    process: OperatorProcess,
+    endpoint: SocketAddr,
+}
+
+fn spawn(namespace: &str, identity: &str, config: &std::path::Path) -> Replica {
+    let endpoint = free_loopback_addr();
+    let process = OperatorProcess::spawn_as(
+        TestEnv::global().operator_kubeconfig_path(),
+        namespace,
+        namespace,
+        identity,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--endpoint-addr",
+            &endpoint.to_string(),
+        ],
+    );
+    Replica { process, endpoint }
+}
+
+async fn wait_ready_replica(replica: &Replica) {
+    eventually(&format!("{} /readyz", replica.process.identity), || async {
+        (replica.process.get("/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+}
+
+/// The kids in the replica's JWKS, over HTTP; `None` while it does not answer.
+async fn jwks(replica: &Replica) -> Option<BTreeSet<String>> {
+    let reply = reqwest::get(format!("http://{}/oauth2/keys", replica.endpoint))
+        .await
+        .ok()?;
+    let body: serde_json::Value = serde_json::from_slice(&reply.bytes().await.ok()?).ok()?;
+    Some(
+        body["keys"]
+            .as_array()?
+            .iter()
+            .filter_map(|key| key["kid"].as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+/// Each BootstrapToken's `status.keyId`, by name.
+async fn kids(namespace: &str) -> HashMap<String, String> {
+    Api::<BootstrapToken>::namespaced(admin().await, namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("listing BootstrapTokens")
+        .items
+        .into_iter()
+        .filter_map(|bt| {
+            let kid = bt.status.as_ref()?.key_id.clone()?;
+            Some((bt.metadata.name?, kid))
+        })
+        .collect()
+}
+
+/// The kid in the header of the token each BootstrapToken's Secret holds.
+async fn secret_kids(namespace: &str) -> Vec<String> {
+    let mut kids = Vec::new();
+    for name in TOKENS {
+        let secret = secret(namespace, &format!("{name}-bootstrap-token"))
+            .await
+            .expect("the token Secret");
+        let header = jsonwebtoken::decode_header(token_of(&secret)).expect("a JWT");
+        kids.push(header.kid.expect("a kid"));
+    }
+    kids
+}
+
+async fn key_secrets(namespace: &str) -> Vec<Secret> {
+    Api::<Secret>::namespaced(admin().await, namespace)
+        .list(&ListParams::default().labels(KEY_LABEL))
+        .await
+        .expect("listing key Secrets")
+        .items
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_publishes_first_moves_every_token_then_retires_across_a_failover() {
+    let ns = TestEnv::global().namespace("rotation").await;
+    let config = TestEnv::global().dir().join(format!("{ns}-config.yaml"));
+    std::fs::write(&config, CONFIG).unwrap();
+    let a = spawn(&ns, "a", &config);
+    let b = spawn(&ns, "b", &config);
+    wait_ready_replica(&a).await;
+    wait_ready_replica(&b).await;
+    for name in TOKENS {
+        apply_bt(
+            &ns,
+            bt_manifest(name, json!({"serviceId": format!("com.example.{name}")})),
+        )
+        .await;
+    }
+    for name in TOKENS {
+        wait_ready(&ns, name).await;
+    }
+    let before = kids(&ns).await;
+    let old = before["alpha"].clone();
+    assert!(before.values().all(|kid| *kid == old), "{before:?}");
+    assert_eq!(jwks(&a).await.unwrap(), BTreeSet::from([old.clone()]));
+
+    // Until the next key is published, every poll of the JWKS must come before any token that
+    // carries its kid: checked on both replicas, JWKS first, then the tokens.
+    let mut replicas = vec![a, b];
+    let mut published: BTreeSet<String> = BTreeSet::from([old.clone()]);
+    let mut killed = false;
+    let deadline = tokio::time::Instant::now() + ROTATION;
+    let new = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for every BootstrapToken on the new key: {:?}",
+            kids(&ns).await
+        );
+        for replica in &replicas {
+            if let Some(kids) = jwks(replica).await {
+                published.extend(kids);
+            }
+        }
+        let now = kids(&ns).await;
+        for kid in now.values().chain(&secret_kids(&ns).await) {
+            assert!(
+                published.contains(kid),
+                "a token carries kid {kid} before any replica published it ({published:?})"
+            );
+        }
+        if let Some(next) = published.iter().find(|kid| **kid != old).cloned() {
+            if !killed && let Some(leader) = lease_holder(&ns).await {
+                // The next key is published and signs nothing yet: the leader dies now.
+                let i = replicas
+                    .iter()
+                    .position(|r| r.process.identity == leader)
+                    .expect("the leader is one of ours");
+                replicas[i].process.kill();
+                replicas.remove(i);
+                killed = true;
+            }
+            if now.len() == TOKENS.len() && now.values().all(|kid| *kid == next) {
+                break next;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(killed, "the leader was killed during the rotation");
+    let survivor = replicas.pop().unwrap();
+    assert!(
+        jwks(&survivor).await.unwrap().contains(&old),
+        "the old key is still published while tokens it signed are in their grace period"
+    );
+    assert_eq!(secret_kids(&ns).await, vec![new.clone(); TOKENS.len()]);
+
+    // The old key leaves the JWKS, and only once no BootstrapToken names it.
+    eventually_within(ROTATION, "the old key out of the JWKS", || async {
+        let published = jwks(&survivor).await?;
+        let now = kids(&ns).await;
+        if published.contains(&old) {
+            return None;
+        }
+        assert!(
+            now.values().all(|kid| *kid != old),
+            "the old key left the JWKS while a token still names it: {now:?}"
+        );
+        assert!(published.contains(&new), "{published:?}");
+        Some(())
+    })
+    .await;
+
+    // A replica started now follows the state in the cluster: the same key set.
+    let restarted = spawn(&ns, "c", &config);
+    wait_ready_replica(&restarted).await;
+    let published = jwks(&restarted).await.unwrap();
+    assert!(
+        published.contains(&new) && !published.contains(&old),
+        "{published:?}"
+    );
+
+    // Every step is in the key Secrets' events and the phase metric.
+    let secrets = key_secrets(&ns).await;
+    let name_of = |kid: &str| {
+        secrets
+            .iter()
+            .find(|s| {
+                let pem = &s.data.as_ref().unwrap()["key.pem"].0;
+                bootstrap_token_operator::token::LocalKey::from_pem("x", pem)
+                    .map(|k| k.named(None))
+                    .is_ok_and(|k| bootstrap_token_operator::token::Signer::kid(&k) == kid)
+            })
+            .and_then(|s| s.metadata.name.clone())
+            .unwrap_or_else(|| panic!("a key Secret for {kid}"))
+    };
+    let reasons = |events: Vec<(String, String, String)>| -> Vec<String> {
+        events.into_iter().map(|(_, reason, _)| reason).collect()
+    };
+    let new_events = reasons(events_regarding(&ns, "Secret", &name_of(&new)).await);
+    for reason in [
+        "SigningKeyCreated",
+        "SigningKeyPublished",
+        "SigningKeyActivated",
+    ] {
+        assert!(
+            new_events.iter().any(|r| r == reason),
+            "{reason}: {new_events:?}"
+        );
+    }
+    let old_events = reasons(events_regarding(&ns, "Secret", &name_of(&old)).await);
+    for reason in ["SigningKeyDraining", "SigningKeyRetired"] {
+        assert!(
+            old_events.iter().any(|r| r == reason),
+            "{reason}: {old_events:?}"
+        );
+    }
+    let sample = format!("bootstrap_token_signing_key_phase{{kid=\"{new}\",phase=\"active\"}}");
+    eventually("the phase metric", || async {
+        (survivor.process.metric(&sample).await? == 1.0).then_some(())
+    })
+    .await;
+}
