@@ -16,11 +16,12 @@ use crate::support::*;
 
 /// The seed's shape, kid `100` included (set explicitly: by default the kid is the key's
 /// thumbprint).
+/// (`bootstrap:` last: tests append to it.)
 const CONFIG: &str = r#"
-bootstrap:
-  scope: ["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2"]
 signing:
   kid: "100"
+bootstrap:
+  scope: ["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2"]
 "#;
 
 /// Verifies `token` with PyJWT (an implementation that shares no code with ours) against the
