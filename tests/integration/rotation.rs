@@ -252,3 +252,106 @@ async fn rotation_publishes_first_moves_every_token_then_retires_across_a_failov
     })
     .await;
 }
+
+/// Manual rotation: a prepublish of 2 s, old tokens revoked 1 s after their re-issue.
+const MANUAL: &str = r#"
+signing:
+  rotation: {prepublish: 2s, reissuePerMinute: 600}
+revocation:
+  reissueGrace: 1s
+  sweepInterval: 1s
+endpoint:
+  accessTokenLifetime: 1s
+"#;
+
+/// An administrator adds a labelled key Secret: the leader schedules it, and from there it is
+/// the same path as a scheduled rotation (published, then signing, tokens moved, old retired).
+#[tokio::test]
+async fn a_key_secret_an_administrator_adds_follows_the_same_path() {
+    use bootstrap_token_operator::token::rotation::{ACTIVE_FROM, PUBLISH_FROM, RETIRED_AT};
+    use bootstrap_token_operator::token::{LocalKey, Signer};
+    use kube::api::PostParams;
+
+    let ns = TestEnv::global().namespace("rotation-manual").await;
+    let operator = Operator::start(&ns, MANUAL).await;
+    apply_bt(
+        &ns,
+        bt_manifest("alpha", json!({"serviceId": "com.example.alpha"})),
+    )
+    .await;
+    let old = wait_ready(&ns, "alpha")
+        .await
+        .status
+        .unwrap()
+        .key_id
+        .unwrap();
+
+    let key = LocalKey::generate("x").unwrap().named(None);
+    let new = key.kid().to_string();
+    let pem = key.to_pkcs8_pem().unwrap();
+    let added: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "next-key", "labels": {KEY_LABEL: "true"}},
+        "stringData": {"key.pem": pem},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin().await, &ns)
+        .create(&PostParams::default(), &added)
+        .await
+        .expect("the administrator's key Secret");
+
+    // Scheduled by the leader, then published before it signs.
+    let scheduled = eventually("the new key scheduled", || async {
+        let secret = secret(&ns, "next-key").await?;
+        let notes = secret.metadata.annotations?;
+        Some((
+            notes.get(PUBLISH_FROM)?.clone(),
+            notes.get(ACTIVE_FROM)?.clone(),
+        ))
+    })
+    .await;
+    assert!(scheduled.0 < scheduled.1, "{scheduled:?}");
+    eventually("the new key in the JWKS", || async {
+        let keys = operator.keys().await;
+        keys.get(&new)?;
+        Some(())
+    })
+    .await;
+    eventually("alpha on the new key", || async {
+        let bt = Api::<BootstrapToken>::namespaced(admin().await, &ns)
+            .get("alpha")
+            .await
+            .ok()?;
+        (bt.status?.key_id? == new).then_some(())
+    })
+    .await;
+    eventually("the old key retired", || async {
+        let base = secret(&ns, "bootstrap-token-signing-key").await?;
+        base.metadata.annotations?.get(RETIRED_AT)?;
+        Some(())
+    })
+    .await;
+    eventually("the old key out of the JWKS", || async {
+        let keys = operator.keys().await;
+        (keys.get(&old).is_none() && keys.active().kid() == new).then_some(())
+    })
+    .await;
+    let events = events_regarding(&ns, "Secret", "next-key").await;
+    for reason in [
+        "SigningKeyScheduled",
+        "SigningKeyPublished",
+        "SigningKeyActivated",
+    ] {
+        assert!(
+            events.iter().any(|(_, r, _)| r == reason),
+            "{reason}: {events:?}"
+        );
+    }
+    let reissued = events_for(&ns, "alpha").await;
+    assert!(
+        reissued
+            .iter()
+            .any(|(reason, note)| reason == "Reissued" && note.contains("rotated")),
+        "{reissued:?}"
+    );
+    operator.stop().await;
+}
