@@ -248,7 +248,10 @@ impl Rotation {
             .list(&ListParams::default().labels(KEY_LABEL))
             .await
             .map_err(api)?;
-        if !listed.items.iter().any(|s| s.name_any() == self.base_name)
+        // Labelled once there is something to rotate: a plain install writes nothing.
+        let rotating = !listed.items.is_empty() || self.config.every.is_some();
+        if rotating
+            && !listed.items.iter().any(|s| s.name_any() == self.base_name)
             && let Some(base) = self.secrets.get_opt(&self.base_name).await.map_err(api)?
             && base.labels().get(KEY_LABEL).is_none()
         {

@@ -185,10 +185,14 @@ pub fn next_step(
         };
     }
     let phases = phases(keys, now);
+    // The configured key signing, untouched, is a plain install: nothing to note or write.
+    let untouched = |key: &KeyState, phase: Phase| {
+        key.base && key.noted.is_none() && key.active_from.is_none() && phase == Phase::Active
+    };
     if let Some((key, phase)) = keys
         .iter()
         .zip(&phases)
-        .find(|(key, phase)| key.noted != Some(**phase))
+        .find(|(key, phase)| key.noted != Some(**phase) && !untouched(key, **phase))
     {
         return Step::Note {
             name: key.name.clone(),
@@ -364,7 +368,8 @@ mod tests {
         #[rustfmt::skip]
         let cases: Vec<StepCase> = vec![
             ("nothing to do without rotation", noted(vec![base()], NOW), none.clone(), &off, Step::Idle { until: None }),
-            ("first sight of the base key: note it", vec![base()], none.clone(), &off, Step::Note { name: "base".into(), phase: Phase::Active }),
+            ("a plain install: nothing to write", vec![base()], none.clone(), &off, Step::Idle { until: None }),
+            ("the base key superseded: noted", vec![base(), key("b", Some(NOW - 20), Some(NOW - 10))], none.clone(), &off, Step::Note { name: "base".into(), phase: Phase::Draining }),
             ("an administrator's key is scheduled first", vec![base(), key("b", None, None)], none.clone(), &off, Step::Schedule { name: "b".into(), publish_from: NOW, active_from: NOW + 10 }),
             ("a published key is noted", noted(vec![base()], NOW).into_iter().chain([key("b", Some(NOW), Some(NOW + 10))]).collect(), none.clone(), &off, Step::Note { name: "b".into(), phase: Phase::Published }),
             ("waits for the active time", noted(vec![base(), key("b", Some(NOW), Some(NOW + 10))], NOW), none.clone(), &off, Step::Idle { until: Some(NOW + 10) }),
