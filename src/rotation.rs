@@ -22,6 +22,7 @@ use crate::leader::Shutdown;
 use crate::revocation::{RevokedToken, parse_time, rfc3339};
 use crate::token::rotation::{
     ACTIVE_FROM, KEY_LABEL, KeyState, PHASE, PUBLISH_FROM, Phase, RETIRED_AT, Step, next_step,
+    phases,
 };
 use crate::token::store::{KEY_FIELD, KeyProvider, KidLabels, key_secret};
 use crate::token::{LocalKey, RotationConfig, Signer};
@@ -156,10 +157,14 @@ impl Rotation {
             }
             if let Some(known) = &known {
                 let now = jiff::Timestamp::now().as_second();
-                let rotated = known
+                let rotated: Vec<_> = known
                     .values()
                     .filter_map(|secret| self.key_of(secret))
                     .collect();
+                for (state, _) in rotated.iter().filter(|(s, key)| key.is_none() && !s.base) {
+                    tracing::warn!(secret = %state.name,
+                        "signing-key Secret has no valid {KEY_FIELD}; it is left out of the key set");
+                }
                 next = self.keys.install(rotated, now);
             }
         }
@@ -175,9 +180,6 @@ impl Rotation {
             .and_then(|data| data.get(KEY_FIELD))
             .and_then(|pem| LocalKey::from_pem("(rotated key)", &pem.0).ok())
             .map(|key| Arc::new(key.named(None)) as Arc<dyn Signer>);
-        if signer.is_none() && !base {
-            tracing::warn!(secret = %name, "signing-key Secret has no valid {KEY_FIELD}; left out");
-        }
         let notes = secret.annotations();
         let time = |key: &str| notes.get(key).and_then(|text| parse_time(text));
         let state = KeyState {
@@ -275,13 +277,18 @@ impl Rotation {
             .collect();
         keys.retain(|key| !key.kid.is_empty());
         let now = jiff::Timestamp::now().as_second();
-        // Tokens revoked with a delay (a re-issue's grace period) still verify until then.
-        for record in self
-            .records
-            .list(&ListParams::default())
-            .await
-            .map_err(api)?
-        {
+        // Tokens revoked with a delay (a re-issue's grace period) still verify until then; they
+        // matter only while a key drains.
+        let records = if phases(&keys, now).contains(&Phase::Draining) {
+            self.records
+                .list(&ListParams::default())
+                .await
+                .map_err(api)?
+                .items
+        } else {
+            Vec::new()
+        };
+        for record in records {
             let spec = &record.spec;
             let alive = parse_time(&spec.expires_at).is_none_or(|exp| exp > now)
                 && parse_time(&spec.effective_at).is_none_or(|at| at > now);
@@ -335,7 +342,9 @@ impl Rotation {
             } => {
                 let key = LocalKey::generate("(next key)")?.named(None);
                 let pem = key.to_pkcs8_pem()?;
-                let name = format!("{}-{publish_from}", self.base_name);
+                // Within the 253 characters of a name, however long the configured one is.
+                let prefix: String = self.base_name.chars().take(230).collect();
+                let name = format!("{prefix}-{publish_from}");
                 let mut secret = key_secret(&name, pem.as_bytes());
                 secret.metadata.annotations = Some(BTreeMap::from([
                     (PUBLISH_FROM.to_string(), rfc3339(publish_from)),
