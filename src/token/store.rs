@@ -645,3 +645,100 @@ impl KeyProvider {
             .filter(|pem| !pem.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn rotated(name: &str, kid: &str, publish: i64, active: i64) -> KeyState {
+        KeyState {
+            name: name.into(),
+            kid: kid.into(),
+            created: publish,
+            publish_from: Some(publish),
+            active_from: Some(active),
+            retired_at: None,
+            noted: None,
+            base: false,
+        }
+    }
+
+    fn kids(keys: &KeySet) -> Vec<&str> {
+        keys.all().iter().map(|key| key.kid()).collect()
+    }
+
+    /// The key set is swapped at run time as the key Secrets say: published first, signing at
+    /// its active time (and every BootstrapToken is looked at again then), the configured key
+    /// out once retired; the previous keys stay.
+    #[tokio::test]
+    async fn install_swaps_the_key_set_by_phase() {
+        let provider = KeyProvider::from_keys(KeySet::new(
+            LocalKey::generate("base").unwrap(),
+            vec![LocalKey::generate("old").unwrap()],
+        ));
+        let mut switched = provider.recovered().boxed();
+        let next: Arc<dyn Signer> = Arc::new(LocalKey::generate("next").unwrap());
+        let base = |retired_at| KeyState {
+            retired_at,
+            base: true,
+            ..rotated("base-secret", "ignored", 0, 0)
+        };
+        let install = |retired_at, now| {
+            provider.install(
+                vec![
+                    (base(retired_at), None),
+                    (rotated("next-secret", "next", 100, 110), Some(next.clone())),
+                ],
+                now,
+            )
+        };
+
+        assert_eq!(install(None, 99), Some(100), "wakes at the publish time");
+        let keys = provider.get().await.unwrap();
+        assert_eq!(kids(&keys), ["base", "old"], "scheduled: not published");
+
+        assert_eq!(install(None, 100), Some(110));
+        let keys = provider.get().await.unwrap();
+        assert_eq!(
+            kids(&keys),
+            ["base", "next", "old"],
+            "published, not signing"
+        );
+        assert!(
+            futures::poll!(switched.next()).is_pending(),
+            "nothing to re-issue yet"
+        );
+
+        assert_eq!(install(None, 110), None);
+        let keys = provider.get().await.unwrap();
+        assert_eq!(kids(&keys), ["next", "base", "old"], "the new key signs");
+        assert!(
+            futures::poll!(switched.next()).is_ready(),
+            "the switch makes every BootstrapToken be looked at again"
+        );
+
+        install(Some(120), 120);
+        let keys = provider.get().await.unwrap();
+        assert_eq!(kids(&keys), ["next", "old"], "the retired key is out");
+        assert_eq!(
+            provider.base().map(|key| key.kid()),
+            Some("base"),
+            "the configured key is still known to the key guard"
+        );
+        let phase = |kid: &str, phase| {
+            provider
+                .metrics()
+                .phase
+                .get_or_create(&KeyPhaseLabels {
+                    kid: kid.into(),
+                    phase,
+                })
+                .get()
+        };
+        assert_eq!(phase("next", "active"), 1);
+        assert_eq!(phase("base", "retired"), 1);
+        assert_eq!(phase("base", "active"), 0, "old phases are cleared");
+    }
+}

@@ -253,10 +253,11 @@ async fn rotation_publishes_first_moves_every_token_then_retires_across_a_failov
     .await;
 }
 
-/// Manual rotation: a prepublish of 2 s, old tokens revoked 1 s after their re-issue.
+/// Manual rotation: a prepublish of 2 s, one re-issue a second, old tokens revoked 1 s after
+/// their re-issue.
 const MANUAL: &str = r#"
 signing:
-  rotation: {prepublish: 2s, reissuePerMinute: 600}
+  rotation: {prepublish: 2s, reissuePerMinute: 60}
 revocation:
   reissueGrace: 1s
   sweepInterval: 1s
@@ -274,17 +275,17 @@ async fn a_key_secret_an_administrator_adds_follows_the_same_path() {
 
     let ns = TestEnv::global().namespace("rotation-manual").await;
     let operator = Operator::start(&ns, MANUAL).await;
-    apply_bt(
-        &ns,
-        bt_manifest("alpha", json!({"serviceId": "com.example.alpha"})),
-    )
-    .await;
-    let old = wait_ready(&ns, "alpha")
-        .await
-        .status
-        .unwrap()
-        .key_id
-        .unwrap();
+    for name in TOKENS {
+        apply_bt(
+            &ns,
+            bt_manifest(name, json!({"serviceId": format!("com.example.{name}")})),
+        )
+        .await;
+    }
+    for name in TOKENS {
+        wait_ready(&ns, name).await;
+    }
+    let old = kids(&ns).await["alpha"].clone();
 
     let key = LocalKey::generate("x").unwrap().named(None);
     let new = key.kid().to_string();
@@ -316,14 +317,28 @@ async fn a_key_secret_an_administrator_adds_follows_the_same_path() {
         Some(())
     })
     .await;
-    eventually("alpha on the new key", || async {
-        let bt = Api::<BootstrapToken>::namespaced(admin().await, &ns)
-            .get("alpha")
-            .await
-            .ok()?;
-        (bt.status?.key_id? == new).then_some(())
+    eventually("every BootstrapToken on the new key", || async {
+        let now = kids(&ns).await;
+        (now.len() == TOKENS.len() && now.values().all(|kid| *kid == new)).then_some(())
     })
     .await;
+    // One a second at most: the three re-issues span at least two seconds.
+    let mut reissued_at = Vec::new();
+    for name in TOKENS {
+        let status = Api::<BootstrapToken>::namespaced(admin().await, &ns)
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        let at: jiff::Timestamp = status.issued_at.unwrap().parse().unwrap();
+        reissued_at.push(at.as_second());
+    }
+    reissued_at.sort();
+    assert!(
+        reissued_at[2] - reissued_at[0] >= 2,
+        "re-issues paced at reissuePerMinute: {reissued_at:?}"
+    );
     eventually("the old key retired", || async {
         let base = secret(&ns, "bootstrap-token-signing-key").await?;
         base.metadata.annotations?.get(RETIRED_AT)?;
