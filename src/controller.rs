@@ -518,7 +518,7 @@ fn reusable(
     if now >= renewal_time(claims.exp, terms.renew_before) {
         return Err(IssueReason::RenewalDue);
     }
-    if verified.kid != keys.active().kid() {
+    if verified.kid != keys.active().kid() && !keys.is_upcoming(&verified.kid) {
         return Err(IssueReason::KeyRotated);
     }
     Ok(Kept {
@@ -1361,6 +1361,12 @@ mod tests {
             Arc::new(LocalKey::generate("200").unwrap()),
             vec![KEYS.active().signer().clone()],
         );
+        // A leader whose clock lags sees the key that signs elsewhere as still to come.
+        let lagging = KeySet::from_signers(
+            Arc::new(LocalKey::generate("99").unwrap()),
+            vec![KEYS.active().signer().clone()],
+        )
+        .with_upcoming(vec!["100".into()]);
         let issuer = issuer(vec![]);
         let fresh = ours(&claims(NOW - 60));
         let iat = NOW - 1000;
@@ -1369,6 +1375,7 @@ mod tests {
         let cases: Vec<RotatedCase> = vec![
             ("signed by the active key: kept", bt(|_| {}), fresh.clone(), &KEYS, NOW, None),
             ("signed by the previous key", bt(|_| {}), fresh.clone(), &rotated, NOW, Some(IssueReason::KeyRotated)),
+            ("signed by the key still to come here: kept", bt(|_| {}), fresh.clone(), &lagging, NOW, None),
             ("renewal due says so", bt(|_| {}), ours(&claims(iat)), &rotated, due, Some(IssueReason::RenewalDue)),
             ("a changed input says so", bt(|s| s.lifetime = Some("9h".into())), fresh.clone(), &rotated, NOW, Some(IssueReason::Changed(Input::Lifetime))),
             ("reissue requested says so", with_reissue(bt(|_| {}), "1"), fresh.clone(), &rotated, NOW, Some(IssueReason::Requested)),

@@ -79,6 +79,9 @@ impl Key {
 pub struct KeySet {
     active: Arc<Key>,
     all: Vec<Arc<Key>>,
+    /// Kids published ahead of signing (rotation): a token under one is not moved back to the
+    /// active key, whose successor it is (a leader whose clock lags would otherwise do so).
+    upcoming: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,7 +125,22 @@ impl KeySet {
                 .filter(|signer| signer.kid() != active.kid())
                 .map(|signer| Arc::new(Key::new(signer))),
         );
-        KeySet { active, all }
+        KeySet {
+            active,
+            all,
+            upcoming: Vec::new(),
+        }
+    }
+
+    /// The same keys, `upcoming` among them published ahead of signing.
+    pub fn with_upcoming(mut self, upcoming: Vec<String>) -> Self {
+        self.upcoming = upcoming;
+        self
+    }
+
+    /// Whether `kid` is published ahead of signing.
+    pub fn is_upcoming(&self, kid: &str) -> bool {
+        self.upcoming.iter().any(|upcoming| upcoming == kid)
     }
 
     pub fn active(&self) -> &Key {

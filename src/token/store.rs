@@ -587,7 +587,13 @@ impl KeyProvider {
             .map(|(signer, _)| signer.clone())
             .collect();
         verifying.extend(loaded.previous.iter().cloned());
-        let next = KeySet::from_signers(active, verifying);
+        let upcoming = states
+            .iter()
+            .zip(&phases)
+            .filter(|(_, phase)| **phase == rotation::Phase::Published)
+            .map(|(state, _)| state.kid.clone())
+            .collect();
+        let next = KeySet::from_signers(active, verifying).with_upcoming(upcoming);
         let kids = |keys: &KeySet| -> Vec<String> {
             keys.all().iter().map(|key| key.kid().to_string()).collect()
         };
@@ -706,6 +712,7 @@ mod tests {
             ["base", "next", "old"],
             "published, not signing"
         );
+        assert!(keys.is_upcoming("next") && !keys.is_upcoming("base"));
         assert!(
             futures::poll!(switched.next()).is_pending(),
             "nothing to re-issue yet"
@@ -714,6 +721,7 @@ mod tests {
         assert_eq!(install(None, 110), None);
         let keys = provider.get().await.unwrap();
         assert_eq!(kids(&keys), ["next", "base", "old"], "the new key signs");
+        assert!(!keys.is_upcoming("next"));
         assert!(
             futures::poll!(switched.next()).is_ready(),
             "the switch makes every BootstrapToken be looked at again"
