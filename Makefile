@@ -73,6 +73,7 @@ run: control-plane
 bench: control-plane kms
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(CARGO) bench --bench endpoint
+	$(CARGO) bench --bench introspect
 	$(CARGO) bench --bench operator
 
 fmt:

@@ -1083,8 +1083,17 @@ pub async fn run(
                 // Deletions too: a Secret that lost our label leaves the watch as a deletion,
                 // and its owner must put the label back.
                 .touched_objects();
+            // A revoked current token (at the endpoint, say) is replaced at once.
+            let lookup = store.clone();
+            let revoked = ctx.issuer.revocations().revoked().filter_map(move |jti| {
+                let found = lookup.find(|bt| {
+                    bt.status.as_ref().and_then(|s| s.token_id.as_deref()) == Some(jti.as_str())
+                });
+                async move { found.map(|bt| ObjectRef::from(&*bt)) }
+            });
             Controller::for_stream(tokens, store)
                 .owns_stream(owned_secrets)
+                .reconcile_on(revoked)
                 .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
                 .trigger_backoff(crate::backoff::watch())
                 // Objects that failed for want of the signing key: at once, not after their back-off.

@@ -8,10 +8,14 @@ use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::{Revocation, RevocationConfig, RevokedToken, parse_time, record_name};
 use crate::resource::MANAGER;
+
+/// Revocations a slow listener may fall behind by; it misses older ones (the controller's
+/// periodic requeue still catches those).
+const CHANGES: usize = 1024;
 
 /// Records swept per pass: a burst of expiries is spread over a few passes, not one long burst
 /// of deletes.
@@ -37,6 +41,9 @@ pub struct Revocations {
     api: Option<Api<RevokedToken>>,
     /// True once the first list has been read: until then "not revoked" means nothing.
     synced: watch::Sender<bool>,
+    /// The jti of each revocation recorded or seen after the first list, for the controller to
+    /// replace a BootstrapToken's token revoked elsewhere (at the endpoint, say).
+    revoked: broadcast::Sender<String>,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -61,6 +68,7 @@ impl Revocations {
             entries: Default::default(),
             api: None,
             synced: watch::Sender::new(true),
+            revoked: broadcast::Sender::new(CHANGES),
         }
     }
 
@@ -71,6 +79,7 @@ impl Revocations {
             entries: Default::default(),
             api: Some(Api::namespaced(client, namespace)),
             synced: watch::Sender::new(false),
+            revoked: broadcast::Sender::new(CHANGES),
         }
     }
 
@@ -135,7 +144,21 @@ impl Revocations {
                 exp: revocation.exp,
             },
         );
+        let _ = self.revoked.send(revocation.jti.clone());
         Ok(())
+    }
+
+    /// The jti of every revocation from now on (a lagging listener skips some).
+    pub fn revoked(&self) -> impl futures::Stream<Item = String> + Send + 'static {
+        futures::stream::unfold(self.revoked.subscribe(), |mut changes| async move {
+            loop {
+                match changes.recv().await {
+                    Ok(jti) => return Some((jti, changes)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
     }
 
     /// Follows the records until `stop` resolves (every replica).
@@ -162,7 +185,8 @@ impl Revocations {
                 }
                 Ok(watcher::Event::Apply(record)) => {
                     if let Some((jti, entry)) = entry_of(&record) {
-                        self.write().insert(jti, entry);
+                        self.write().insert(jti.clone(), entry);
+                        let _ = self.revoked.send(jti);
                     }
                 }
                 Ok(watcher::Event::Delete(record)) => {

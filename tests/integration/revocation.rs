@@ -311,18 +311,50 @@ async fn reissue_and_the_revoke_annotation_revoke_the_previous_token() {
             .unwrap()
             .contains(&FINALIZER.to_string())
     );
-    let issued_before = operator.issued();
-    // Another reconcile (a label change) issues nothing more.
-    let patch = json!({"metadata": {"labels": {"touched": "yes"}}});
+    let (issued_before, reconciles_before) = (operator.issued(), operator.reconciles());
+    // Another reconcile (an unrelated annotation) issues nothing more.
+    let patch = json!({"metadata": {"annotations": {"example.com/touched": "yes"}}});
     api.patch("svc", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually("another reconcile", || async {
+        (operator.reconciles() > reconciles_before).then_some(())
+    })
+    .await;
     assert_eq!(operator.issued(), issued_before);
     assert_eq!(
         wait_ready(&ns, "svc").await.status.unwrap().token_id,
         third.token_id
     );
+
+    // Revoked elsewhere (a record written as another replica's endpoint would): the
+    // controller replaces the token at once, without waiting for its periodic look.
+    let third_jti = third.token_id.clone().unwrap();
+    let elsewhere = RevokedToken::new(
+        &record_name(&third_jti),
+        bootstrap_token_operator::revocation::RevokedTokenSpec {
+            token_id: third_jti.clone(),
+            key_id: third.key_id.clone().unwrap(),
+            client_id: BOOTSTRAP_ID.into(),
+            service_id: Some("com.example.svc".into()),
+            expires_at: third.expires_at.clone().unwrap(),
+            effective_at: jiff::Timestamp::now().to_string(),
+            reason: RevocationReason::Endpoint,
+        },
+    );
+    Api::<RevokedToken>::namespaced(admin().await, &ns)
+        .create(&Default::default(), &elsewhere)
+        .await
+        .unwrap();
+    let third = eventually_within(
+        Duration::from_secs(10),
+        "a token replacing the revoked one",
+        || async {
+            let status = wait_ready(&ns, "svc").await.status?;
+            (status.token_id.as_deref() != Some(third_jti.as_str())).then_some(status)
+        },
+    )
+    .await;
 
     // Deleting the BootstrapToken: garbage collection deletes the Secret, whose finalizer waits
     // for its token to be revoked at once.
