@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -18,6 +18,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+
+mod record;
+
+use record::{Cached, Lookup, OwnWrites};
 
 use crate::backoff::Backoff;
 use crate::duration;
@@ -43,6 +47,8 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 const MAX_CONCURRENT_RECONCILES: u16 = 16;
 /// A foreign Secret is not watched, so look again now and then to see whether it went away.
 const CONFLICT_REQUEUE: Duration = Duration::from_secs(60);
+/// How long a reconcile waits for the owned-Secret cache's first list before reading instead.
+const CACHE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -107,6 +113,7 @@ pub struct Context {
     tokens: std::sync::RwLock<Vec<Store<BootstrapToken>>>,
     /// The metadata of the Secrets the operator manages, from the same controllers' watches.
     owned_secrets: std::sync::RwLock<Vec<Store<PartialObjectMeta<Secret>>>>,
+    own_writes: OwnWrites,
 }
 
 impl Context {
@@ -124,6 +131,7 @@ impl Context {
             failures: Backoff::default(),
             tokens: Default::default(),
             owned_secrets: Default::default(),
+            own_writes: OwnWrites::default(),
         }
     }
 
@@ -134,6 +142,26 @@ impl Context {
             .iter()
             .find_map(|store| store.get(&key))
             .map(|secret| secret.metadata.clone())
+    }
+
+    /// The Secret as the owned-Secret cache sees it, once the cache has listed them all (a
+    /// reconcile right after start waits for that, up to [`CACHE_WAIT`]).
+    async fn secret_in_cache(&self, namespace: &str, name: &str) -> Cached {
+        let stores = self
+            .owned_secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let ready = futures::future::join_all(stores.iter().map(Store::wait_until_ready));
+        match tokio::time::timeout(CACHE_WAIT, ready).await {
+            Ok(results) if !stores.is_empty() && results.iter().all(Result::is_ok) => {
+                match self.cached_secret(namespace, name) {
+                    Some(metadata) => Cached::Found(Box::new(metadata)),
+                    None => Cached::Absent,
+                }
+            }
+            _ => Cached::Unknown,
+        }
     }
 
     /// The namespace that holds `bt`'s service id before it, if another does: the earliest
@@ -283,7 +311,8 @@ pub struct Terms {
 /// The token in the Secret, verified and still right for the object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kept {
-    pub token: String,
+    /// `None`: not read, the Secret's cached metadata and the status prove which token it holds.
+    pub token: Option<String>,
     pub claims: Claims,
     pub kid: String,
 }
@@ -406,15 +435,24 @@ fn reusable(
     keys: &KeySet,
     now: i64,
 ) -> Result<Kept, IssueReason> {
-    let token = secret
-        .and_then(|s| s.data.as_ref()?.get(TOKEN_KEY))
-        .ok_or(IssueReason::SecretMissing)?;
-    let token =
-        std::str::from_utf8(&token.0).map_err(|_| IssueReason::TokenInvalid("not UTF-8".into()))?;
-    let verified = keys
-        .verify(token)
-        .map_err(|e| IssueReason::TokenInvalid(e.to_string()))?;
-    let claims = verified.claims;
+    let (token, claims, kid) = match secret.map(|s| (s, s.data.as_ref())) {
+        None => return Err(IssueReason::SecretMissing),
+        Some((_, Some(data))) => {
+            let token = data.get(TOKEN_KEY).ok_or(IssueReason::SecretMissing)?;
+            let token = std::str::from_utf8(&token.0)
+                .map_err(|_| IssueReason::TokenInvalid("not UTF-8".into()))?;
+            let verified = keys
+                .verify(token)
+                .map_err(|e| IssueReason::TokenInvalid(e.to_string()))?;
+            (Some(token.to_string()), verified.claims, verified.kid)
+        }
+        // Only the metadata was read: it names the token, or there is none.
+        Some((secret, None)) => {
+            let (claims, kid) = record::recorded(bt, &secret.metadata, issuer, keys)
+                .ok_or(IssueReason::SecretMissing)?;
+            (None, claims, kid)
+        }
+    };
     let profile = issuer.profile();
     let bootstrap = issuer.bootstrap();
     let lifetime = i64::try_from(terms.lifetime.as_secs()).unwrap_or(i64::MAX);
@@ -447,11 +485,7 @@ fn reusable(
     if now >= renewal_time(claims.exp, terms.renew_before) {
         return Err(IssueReason::RenewalDue);
     }
-    Ok(Kept {
-        token: token.to_string(),
-        claims,
-        kid: verified.kid,
-    })
+    Ok(Kept { token, claims, kid })
 }
 
 fn renewal_time(exp: i64, renew_before: Duration) -> i64 {
@@ -512,13 +546,49 @@ pub fn error_policy(bt: Arc<BootstrapToken>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
-/// Reads what [`decide`] needs, and carries its decision out.
+/// Reads what [`decide`] needs — from the caches when they can tell, else from the API server —
+/// and carries its decision out.
 async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), Error> {
     let namespace = bt.namespace().unwrap_or_default();
     let secret_name = bt.secret_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let existing = read_secret(ctx, bt, &secrets, &secret_name).await?;
     let keys = ctx.issuer.keys().await?;
+    let cached = ctx.secret_in_cache(&namespace, &secret_name).await;
+    let (existing, create_only) = match record::lookup(bt, cached, &ctx.issuer, keys) {
+        Lookup::Known(metadata) => (
+            Some(Secret {
+                metadata: *metadata,
+                ..Default::default()
+            }),
+            false,
+        ),
+        Lookup::Absent => (None, true),
+        Lookup::Read => (read_secret(ctx, bt, &secrets, &secret_name).await?, false),
+    };
+    if let Some(done) = carry_out(bt, ctx, &secrets, existing, keys, create_only).await? {
+        return Ok(done);
+    }
+    // The cache could not tell after all: read the Secret and decide again. A Secret read in
+    // full always carries its data, so this carries out.
+    let existing = read_secret(ctx, bt, &secrets, &secret_name).await?;
+    Ok(carry_out(bt, ctx, &secrets, existing, keys, false)
+        .await?
+        .unwrap_or((Outcome::Unchanged, Action::requeue(CONFLICT_REQUEUE))))
+}
+
+/// Decides on `existing` and carries the decision out; `None` when that needs the Secret read
+/// from the API server: a kept token not read whose Secret needs writing, or a Secret the cache
+/// did not know that exists after all (`create_only`).
+async fn carry_out(
+    bt: &BootstrapToken,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    existing: Option<Secret>,
+    keys: &KeySet,
+    create_only: bool,
+) -> Result<Option<(Outcome, Action)>, Error> {
+    let namespace = bt.namespace().unwrap_or_default();
+    let secret_name = bt.secret_name();
     let now = Timestamp::now().as_second();
     let held_elsewhere = ctx.held_elsewhere(bt);
     let world = World {
@@ -549,12 +619,12 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
                 reason: not_ready.reason(),
                 message: not_ready.message(),
             };
-            return Ok((outcome, action));
+            return Ok(Some((outcome, action)));
         }
         Decision::Keep(terms, kept) => (terms, *kept, None),
         Decision::Wait(wait, reason) => {
             tracing::info!(%reason, ?wait, "a new token is due; waiting out bootstrap.minReissueInterval");
-            return Ok((Outcome::Unchanged, Action::requeue(wait)));
+            return Ok(Some((Outcome::Unchanged, Action::requeue(wait))));
         }
         Decision::Issue(terms, reason) => {
             let issued = ctx
@@ -571,7 +641,7 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
                 )
                 .await?;
             let kept = Kept {
-                token: issued.token,
+                token: Some(issued.token),
                 claims: issued.claims,
                 kid: issued.kid,
             };
@@ -580,21 +650,43 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     };
     let Kept { token, claims, kid } = kept;
 
-    let desired = desired_secret(bt, &secret_name, &token, &claims, &kid);
-    if issued.is_some()
-        || existing
-            .as_ref()
-            .is_none_or(|s| !secret_matches(s, &desired))
-    {
-        secrets
+    let digest = record::claims_digest(&ctx.issuer);
+    let desired = desired_secret(
+        bt,
+        &secret_name,
+        token.as_deref().unwrap_or_default(),
+        &claims,
+        &kid,
+        &digest,
+    );
+    let up_to_date = existing.as_ref().is_some_and(|s| match token {
+        Some(_) => secret_matches(s, &desired),
+        None => metadata_matches(&s.metadata, &desired.metadata),
+    });
+    if issued.is_some() || !up_to_date {
+        if token.is_none() {
+            return Ok(None);
+        }
+        let mut desired = desired;
+        if create_only {
+            desired.metadata.resource_version = Some(record::CREATE_ONLY.into());
+        }
+        let written = secrets
             .patch(
                 &secret_name,
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(&desired),
             )
-            .await?;
+            .await;
+        match written {
+            Ok(written) => ctx.own_writes.wrote(&written),
+            Err(kube::Error::Api(status)) if create_only && status.is_conflict() => {
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
-    forget_renamed_secret(bt, &secrets, &secret_name).await?;
+    forget_renamed_secret(bt, secrets, &secret_name).await?;
     if let Some(reason) = issued {
         let first = bt
             .status
@@ -626,14 +718,14 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
             .max(1),
     )
     .min(MAX_REQUEUE);
-    Ok((
+    Ok(Some((
         Outcome::Ready {
             claims: Box::new(claims),
             kid,
             renewal,
         },
         Action::requeue(wait),
-    ))
+    )))
 }
 
 /// The Secret `bt` names. Its metadata comes from the watch cache (one metadata GET when the
@@ -660,7 +752,11 @@ async fn read_secret(
             metadata,
             ..Default::default()
         })),
-        Some(_) => Ok(secrets.get_opt(name).await?),
+        // `data` present, if empty: what was read is the whole Secret, not only its metadata.
+        Some(_) => Ok(secrets.get_opt(name).await?.map(|mut secret| {
+            secret.data.get_or_insert_default();
+            secret
+        })),
     }
 }
 
@@ -709,6 +805,7 @@ fn desired_secret(
     token: &str,
     claims: &Claims,
     kid: &str,
+    claims_digest: &str,
 ) -> Secret {
     let template = bt.spec.secret_template.clone().unwrap_or_default();
     // Keys under the operator's prefix are the operator's alone: one copied from the template
@@ -723,6 +820,7 @@ fn desired_secret(
     notes.insert(annotations::TOKEN_ID.into(), claims.jti.clone());
     notes.insert(annotations::KEY_ID.into(), kid.into());
     notes.insert(annotations::EXPIRES_AT.into(), rfc3339(claims.exp));
+    notes.insert(annotations::CLAIMS.into(), claims_digest.into());
     if let Some(reissue) = reissue_value(bt) {
         notes.insert(annotations::REISSUE.into(), reissue.into());
     }
@@ -747,6 +845,14 @@ fn desired_secret(
 /// Whether the Secret already holds everything we would apply, and nothing we applied earlier
 /// that we no longer want (a label dropped from `secretTemplate`).
 fn secret_matches(existing: &Secret, desired: &Secret) -> bool {
+    let token = |s: &Secret| s.data.as_ref().and_then(|d| d.get(TOKEN_KEY)).cloned();
+    existing.type_ == desired.type_
+        && token(existing) == token(desired)
+        && metadata_matches(&existing.metadata, &desired.metadata)
+}
+
+/// [`secret_matches`] for the metadata alone.
+fn metadata_matches(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
     let contains = |have: Option<&BTreeMap<String, String>>,
                     want: Option<&BTreeMap<String, String>>| {
         let empty = BTreeMap::new();
@@ -760,26 +866,16 @@ fn secret_matches(existing: &Secret, desired: &Secret) -> bool {
             .iter()
             .any(|key| want.is_none_or(|want| !want.contains_key(key)))
     };
-    let token = |s: &Secret| s.data.as_ref().and_then(|d| d.get(TOKEN_KEY)).cloned();
-    existing.type_ == desired.type_
-        && token(existing) == token(desired)
-        && contains(
-            existing.metadata.labels.as_ref(),
-            desired.metadata.labels.as_ref(),
-        )
-        && contains(
-            existing.metadata.annotations.as_ref(),
-            desired.metadata.annotations.as_ref(),
-        )
-        && !owned_but_unwanted("f:labels", desired.metadata.labels.as_ref())
-        && !owned_but_unwanted("f:annotations", desired.metadata.annotations.as_ref())
-        && existing.metadata.owner_references == desired.metadata.owner_references
+    contains(existing.labels.as_ref(), desired.labels.as_ref())
+        && contains(existing.annotations.as_ref(), desired.annotations.as_ref())
+        && !owned_but_unwanted("f:labels", desired.labels.as_ref())
+        && !owned_but_unwanted("f:annotations", desired.annotations.as_ref())
+        && existing.owner_references == desired.owner_references
 }
 
 /// The label or annotation keys our field manager applied, from `managedFields`.
-fn applied_keys(secret: &Secret, field: &str) -> Vec<String> {
-    secret
-        .metadata
+fn applied_keys(metadata: &ObjectMeta, field: &str) -> Vec<String> {
+    metadata
         .managed_fields
         .iter()
         .flatten()
@@ -951,12 +1047,19 @@ pub async fn run(
             let owned_secrets = watcher(secrets, owned.clone())
                 .backoff(crate::backoff::watch())
                 .modify(|secret: &mut PartialObjectMeta<Secret>| {
-                    secret.managed_fields_mut().clear();
+                    record::keep_token_ownership(&mut secret.metadata);
+                    secret.annotations_mut().remove(LAST_APPLIED);
                 })
                 .reflect(secret_writer)
                 // Deletions too: a Secret that lost our label leaves the watch as a deletion,
                 // and its owner must put the label back.
-                .touched_objects();
+                .touched_objects()
+                // Our own Secret writes need no reconcile: the one that wrote them goes on to
+                // write the status.
+                .try_filter({
+                    let ctx = ctx.clone();
+                    move |secret| std::future::ready(!ctx.own_writes.is_echo(secret))
+                });
             Controller::for_stream(tokens, store)
                 .owns_stream(owned_secrets)
                 .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
@@ -1285,7 +1388,7 @@ mod tests {
             })
         });
         let claims = claims(NOW);
-        let secret = desired_secret(&bt, "svc-bootstrap-token", "t", &claims, "100");
+        let secret = desired_secret(&bt, "svc-bootstrap-token", "t", &claims, "100", "digest");
         let notes = secret.metadata.annotations.unwrap();
         assert_eq!(notes.get("note").map(String::as_str), Some("kept"));
         assert!(!notes.contains_key(annotations::REISSUE));

@@ -20,6 +20,9 @@ pub mod annotations {
     pub const TOKEN_ID: &str = "bootstraptoken.dev/token-id";
     pub const KEY_ID: &str = "bootstraptoken.dev/key-id";
     pub const EXPIRES_AT: &str = "bootstraptoken.dev/expires-at";
+    /// A digest of the configured claims the token was signed with (iss, aud, client_id, scope,
+    /// version): the operator sees a configuration change without reading the token.
+    pub const CLAIMS: &str = "bootstraptoken.dev/claims-digest";
 
     /// Every annotation of the operator starts with this; the workload shim looks only at
     /// Deployments, StatefulSets and DaemonSets that carry one.
