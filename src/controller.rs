@@ -554,39 +554,36 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let keys = ctx.issuer.keys().await?;
     let cached = ctx.secret_in_cache(&namespace, &secret_name).await;
-    let (existing, create_only) = match record::lookup(bt, cached, &ctx.issuer, keys) {
-        Lookup::Known(metadata) => (
-            Some(Secret {
-                metadata: *metadata,
-                ..Default::default()
-            }),
-            false,
-        ),
-        Lookup::Absent => (None, true),
-        Lookup::Read => (read_secret(ctx, bt, &secrets, &secret_name).await?, false),
+    let existing = match record::lookup(bt, cached, &ctx.issuer, keys) {
+        Lookup::Known(metadata) => Some(Secret {
+            metadata: *metadata,
+            ..Default::default()
+        }),
+        Lookup::Absent => None,
+        Lookup::Read => read_secret(ctx, bt, &secrets, &secret_name).await?,
     };
-    if let Some(done) = carry_out(bt, ctx, &secrets, existing, keys, create_only).await? {
+    if let Some(done) = carry_out(bt, ctx, &secrets, existing).await? {
         return Ok(done);
     }
     // The cache could not tell after all: read the Secret and decide again. A Secret read in
     // full always carries its data, so this carries out.
     let existing = read_secret(ctx, bt, &secrets, &secret_name).await?;
-    Ok(carry_out(bt, ctx, &secrets, existing, keys, false)
+    Ok(carry_out(bt, ctx, &secrets, existing)
         .await?
         .unwrap_or((Outcome::Unchanged, Action::requeue(CONFLICT_REQUEUE))))
 }
 
 /// Decides on `existing` and carries the decision out; `None` when that needs the Secret read
-/// from the API server: a kept token not read whose Secret needs writing, or a Secret the cache
-/// did not know that exists after all (`create_only`).
+/// from the API server: a kept token not read whose Secret needs writing, or a Secret not seen
+/// that exists after all. A Secret not seen is only ever created, never overwritten.
 async fn carry_out(
     bt: &BootstrapToken,
     ctx: &Context,
     secrets: &Api<Secret>,
     existing: Option<Secret>,
-    keys: &KeySet,
-    create_only: bool,
 ) -> Result<Option<(Outcome, Action)>, Error> {
+    let keys = ctx.issuer.keys().await?;
+    let create_only = existing.is_none();
     let namespace = bt.namespace().unwrap_or_default();
     let secret_name = bt.secret_name();
     let now = Timestamp::now().as_second();
@@ -671,6 +668,8 @@ async fn carry_out(
         if create_only {
             desired.metadata.resource_version = Some(record::CREATE_ONLY.into());
         }
+        ctx.own_writes
+            .writing(&namespace, &secret_name, &claims.jti);
         let written = secrets
             .patch(
                 &secret_name,
@@ -678,8 +677,10 @@ async fn carry_out(
                 &Patch::Apply(&desired),
             )
             .await;
+        ctx.own_writes
+            .wrote(&namespace, &secret_name, written.as_ref().ok());
         match written {
-            Ok(written) => ctx.own_writes.wrote(&written),
+            Ok(_) => {}
             Err(kube::Error::Api(status)) if create_only && status.is_conflict() => {
                 return Ok(None);
             }

@@ -130,7 +130,7 @@ pub(super) enum Cached {
 pub(super) enum Lookup {
     /// The cached metadata proves which token the Secret holds: no request.
     Known(Box<ObjectMeta>),
-    /// No Secret of ours has that name: a new one is created, never one overwritten.
+    /// No Secret of ours has that name, and the status puts no token there: a new object.
     Absent,
     /// The cache cannot decide: read the Secret (its data only if it is ours).
     Read,
@@ -144,10 +144,12 @@ pub(super) fn lookup(
 ) -> Lookup {
     match cached {
         Cached::Unknown => Lookup::Read,
-        // A Secret of that name that is not ours was found last time: look at it again rather
-        // than sign a token only to be refused.
+        // Our token was put in that Secret (since deleted, or its label removed), or one of
+        // that name not ours was found last time: look, rather than sign a token for nothing.
         Cached::Absent
-            if bt
+            if bt.status.as_ref().is_some_and(|s| {
+                s.token_id.is_some() && s.secret_name.as_deref() == Some(&bt.secret_name())
+            }) || bt
                 .ready_condition()
                 .is_some_and(|c| c.reason == Reason::SecretConflict.as_str()) =>
         {
@@ -161,24 +163,38 @@ pub(super) fn lookup(
     }
 }
 
-/// The resourceVersion of each Secret as the operator last wrote it, until its watch event comes
-/// back: that event is our own write's echo and triggers no reconcile.
+/// The Secrets the operator is writing or last wrote, until their watch event comes back: that
+/// event is our own write's echo and triggers no reconcile.
 #[derive(Debug, Default)]
-pub(super) struct OwnWrites(Mutex<HashMap<(String, String), String>>);
+pub(super) struct OwnWrites(Mutex<HashMap<(String, String), Written>>);
+
+#[derive(Debug)]
+enum Written {
+    /// Sent, no answer yet: the watch may deliver the echo first. It carries this token id.
+    Pending(String),
+    /// Written at this resourceVersion.
+    At(String),
+}
 
 impl OwnWrites {
-    pub(super) fn wrote(&self, secret: &Secret) {
-        let meta = &secret.metadata;
-        if let (Some(namespace), Some(name), Some(version)) =
-            (&meta.namespace, &meta.name, &meta.resource_version)
-        {
-            self.lock()
-                .insert((namespace.clone(), name.clone()), version.clone());
-        }
+    /// Before sending an apply of the Secret `namespace/name` holding the token `token_id`.
+    pub(super) fn writing(&self, namespace: &str, name: &str, token_id: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        self.lock().insert(key, Written::Pending(token_id.into()));
     }
 
-    /// Whether this event shows the Secret exactly as we last wrote it. Either way the entry is
-    /// spent: any later event is someone else's change.
+    /// The apply's answer (`None`: it failed).
+    pub(super) fn wrote(&self, namespace: &str, name: &str, written: Option<&Secret>) {
+        let key = (namespace.to_string(), name.to_string());
+        let mut writes = self.lock();
+        match written.and_then(|s| s.metadata.resource_version.clone()) {
+            Some(version) => writes.insert(key, Written::At(version)),
+            None => writes.remove(&key),
+        };
+    }
+
+    /// Whether this event shows the Secret as we wrote it. An entry is spent by the first event
+    /// that matches it, or by any event once the write is answered: later ones are other changes.
     pub(super) fn is_echo(&self, secret: &PartialObjectMeta<Secret>) -> bool {
         let meta = &secret.metadata;
         let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
@@ -188,12 +204,26 @@ impl OwnWrites {
         if writes.is_empty() {
             return false;
         }
-        writes
-            .remove(&(namespace.clone(), name.clone()))
-            .is_some_and(|version| meta.resource_version.as_ref() == Some(&version))
+        let key = (namespace.clone(), name.clone());
+        let echo = match writes.get(&key) {
+            None => return false,
+            Some(Written::Pending(token_id)) => {
+                let seen = meta
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(annotations::TOKEN_ID));
+                if seen != Some(token_id) {
+                    return false;
+                }
+                true
+            }
+            Some(Written::At(version)) => meta.resource_version.as_ref() == Some(version),
+        };
+        writes.remove(&key);
+        echo
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Written>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -310,6 +340,7 @@ mod tests {
         let cases: Vec<(&str, &BootstrapToken, Cached, &Issuer, bool)> = vec![
             ("cache not listed yet", &ours, Cached::Unknown, &issuer, false),
             ("a new object, no Secret", &new, Cached::Absent, &issuer, false),
+            ("our Secret deleted or unlabelled", &ours, Cached::Absent, &issuer, false),
             ("a Secret of someone else found last time", &conflicted, Cached::Absent, &issuer, false),
             ("metadata names the status' token", &ours, found(good.clone()), &issuer, true),
             ("the token changed by someone else", &ours, found(applied(&ours, &issuer, &claims, "kubectl-edit")), &issuer, false),
@@ -397,26 +428,51 @@ mod tests {
     #[test]
     fn only_the_echo_of_our_own_write_is_skipped() {
         let writes = OwnWrites::default();
-        let secret = |version: &str| {
+        let secret = |version: &str, token_id: &str| {
             let mut secret = Secret::default();
             secret.metadata.namespace = Some("ns".into());
             secret.metadata.name = Some("s".into());
             secret.metadata.resource_version = Some(version.into());
+            secret.metadata.annotations =
+                Some([(annotations::TOKEN_ID.to_string(), token_id.to_string())].into());
             secret
         };
-        let event = |version: &str| PartialObjectMeta::<Secret> {
-            metadata: secret(version).metadata,
+        let event = |version: &str, token_id: &str| PartialObjectMeta::<Secret> {
+            metadata: secret(version, token_id).metadata,
             ..Default::default()
         };
-        assert!(!writes.is_echo(&event("5")), "nothing written yet");
-        writes.wrote(&secret("5"));
-        assert!(writes.is_echo(&event("5")));
-        assert!(!writes.is_echo(&event("5")), "an echo is skipped once");
-        writes.wrote(&secret("6"));
+        assert!(!writes.is_echo(&event("5", "a")), "nothing written yet");
+        writes.writing("ns", "s", "a");
+        writes.wrote("ns", "s", Some(&secret("5", "a")));
+        assert!(writes.is_echo(&event("5", "a")));
+        assert!(!writes.is_echo(&event("5", "a")), "an echo is skipped once");
+        writes.writing("ns", "s", "b");
+        writes.wrote("ns", "s", Some(&secret("6", "b")));
         assert!(
-            !writes.is_echo(&event("7")),
+            !writes.is_echo(&event("7", "b")),
             "someone else's change after ours"
         );
-        assert!(!writes.is_echo(&event("6")), "spent by the later event");
+        assert!(
+            !writes.is_echo(&event("6", "b")),
+            "spent by the later event"
+        );
+        // The echo can come before the answer.
+        writes.writing("ns", "s", "c");
+        assert!(
+            !writes.is_echo(&event("8", "b")),
+            "not the token being written"
+        );
+        assert!(writes.is_echo(&event("9", "c")));
+        writes.wrote("ns", "s", Some(&secret("9", "c")));
+        assert!(
+            !writes.is_echo(&event("10", "c")),
+            "a change after the echo"
+        );
+        writes.writing("ns", "s", "d");
+        writes.wrote("ns", "s", None);
+        assert!(
+            !writes.is_echo(&event("11", "d")),
+            "a failed write has no echo"
+        );
     }
 }

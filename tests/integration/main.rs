@@ -2,6 +2,7 @@
 //! with the operator running under its restricted RBAC identity.
 
 mod controller;
+mod cost;
 mod gitops;
 mod hardening;
 mod image;
