@@ -21,7 +21,7 @@ use serde_json::json;
 
 mod record;
 
-use record::{Cached, Lookup, OwnWrites};
+use record::{Cached, CachedSecret, Lookup, OwnWrites};
 
 use crate::backoff::Backoff;
 use crate::duration;
@@ -112,7 +112,7 @@ pub struct Context {
     /// see which namespace holds a service id.
     tokens: std::sync::RwLock<Vec<Store<BootstrapToken>>>,
     /// The metadata of the Secrets the operator manages, from the same controllers' watches.
-    owned_secrets: std::sync::RwLock<Vec<Store<PartialObjectMeta<Secret>>>>,
+    owned_secrets: std::sync::RwLock<Vec<Store<CachedSecret>>>,
     own_writes: OwnWrites,
 }
 
@@ -141,7 +141,7 @@ impl Context {
         stores
             .iter()
             .find_map(|store| store.get(&key))
-            .map(|secret| secret.metadata.clone())
+            .map(|secret| secret.metadata())
     }
 
     /// The Secret as the owned-Secret cache sees it, once the cache has listed them all (a
@@ -1047,8 +1047,8 @@ pub async fn run(
             secret_stores.push(secret_store);
             let owned_secrets = watcher(secrets, owned.clone())
                 .backoff(crate::backoff::watch())
-                .modify(|secret: &mut PartialObjectMeta<Secret>| {
-                    record::keep_token_ownership(&mut secret.metadata);
+                .map_ok(CachedSecret::event)
+                .modify(|secret: &mut CachedSecret| {
                     secret.annotations_mut().remove(LAST_APPLIED);
                 })
                 .reflect(secret_writer)

@@ -11,7 +11,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+use std::borrow::Cow;
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::Resource;
 use kube::api::{ObjectMeta, PartialObjectMeta};
+use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::resource::{BootstrapToken, MANAGER, TOKEN_KEY, annotations};
@@ -57,18 +62,85 @@ pub(super) fn owns_token(metadata: &ObjectMeta) -> bool {
     })
 }
 
-/// Shrinks a cached Secret's managedFields to the one fact read from them, [`owns_token`]: the
-/// full list is most of the metadata's size.
-pub(super) fn keep_token_ownership(metadata: &mut ObjectMeta) {
-    let owned = owns_token(metadata);
-    metadata.managed_fields = owned.then(|| {
-        vec![ManagedFieldsEntry {
-            manager: Some(MANAGER.into()),
-            operation: Some("Apply".into()),
-            fields_v1: Some(FieldsV1(json!({"f:data": {format!("f:{TOKEN_KEY}"): {}}}))),
-            ..Default::default()
-        }]
-    });
+/// An owned Secret as the cache keeps it: the metadata decisions read, less what they never read,
+/// and instead of its managedFields (most of the metadata's size) the one fact read from them,
+/// [`owns_token`].
+#[derive(Debug, Clone)]
+pub struct CachedSecret {
+    metadata: ObjectMeta,
+    owns_token: bool,
+}
+
+impl CachedSecret {
+    pub(super) fn new(secret: PartialObjectMeta<Secret>) -> Self {
+        let owns_token = owns_token(&secret.metadata);
+        let metadata = ObjectMeta {
+            managed_fields: None,
+            uid: None,
+            creation_timestamp: None,
+            ..secret.metadata
+        };
+        CachedSecret {
+            metadata,
+            owns_token,
+        }
+    }
+
+    /// The metadata, our ownership of the token written back as the managedFields entry
+    /// [`owns_token`] reads.
+    pub(super) fn metadata(&self) -> ObjectMeta {
+        let mut metadata = self.metadata.clone();
+        metadata.managed_fields = self.owns_token.then(|| {
+            vec![ManagedFieldsEntry {
+                manager: Some(MANAGER.into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(json!({"f:data": {format!("f:{TOKEN_KEY}"): {}}}))),
+                ..Default::default()
+            }]
+        });
+        metadata
+    }
+
+    /// A watch event of the Secrets' metadata, as the cache keeps it.
+    pub(super) fn event(event: watcher::Event<PartialObjectMeta<Secret>>) -> watcher::Event<Self> {
+        match event {
+            watcher::Event::Apply(secret) => watcher::Event::Apply(Self::new(secret)),
+            watcher::Event::Delete(secret) => watcher::Event::Delete(Self::new(secret)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitApply(secret) => watcher::Event::InitApply(Self::new(secret)),
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        }
+    }
+}
+
+/// A Secret's, so that the controller maps it to its owner.
+impl Resource for CachedSecret {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Secret::kind(&())
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        Secret::group(&())
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        Secret::version(&())
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        Secret::plural(&())
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
 }
 
 /// The claims and key id of the token in the Secret described by `metadata`, when its metadata
@@ -195,7 +267,7 @@ impl OwnWrites {
 
     /// Whether this event shows the Secret as we wrote it. An entry is spent by the first event
     /// that matches it, or by any event once the write is answered: later ones are other changes.
-    pub(super) fn is_echo(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+    pub(super) fn is_echo(&self, secret: &CachedSecret) -> bool {
         let meta = &secret.metadata;
         let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
             return false;
@@ -303,8 +375,11 @@ mod tests {
             )),
             ..Default::default()
         }]);
-        keep_token_ownership(&mut metadata);
-        metadata
+        CachedSecret::new(PartialObjectMeta {
+            metadata,
+            ..Default::default()
+        })
+        .metadata()
     }
 
     #[test]
@@ -437,9 +512,11 @@ mod tests {
                 Some([(annotations::TOKEN_ID.to_string(), token_id.to_string())].into());
             secret
         };
-        let event = |version: &str, token_id: &str| PartialObjectMeta::<Secret> {
-            metadata: secret(version, token_id).metadata,
-            ..Default::default()
+        let event = |version: &str, token_id: &str| {
+            CachedSecret::new(PartialObjectMeta {
+                metadata: secret(version, token_id).metadata,
+                ..Default::default()
+            })
         };
         assert!(!writes.is_echo(&event("5", "a")), "nothing written yet");
         writes.writing("ns", "s", "a");
