@@ -114,6 +114,7 @@ pub struct Context {
     /// The metadata of the Secrets the operator manages, from the same controllers' watches.
     owned_secrets: std::sync::RwLock<Vec<Store<CachedSecret>>>,
     own_writes: OwnWrites,
+    cache_late: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -132,6 +133,7 @@ impl Context {
             tokens: Default::default(),
             owned_secrets: Default::default(),
             own_writes: OwnWrites::default(),
+            cache_late: Default::default(),
         }
     }
 
@@ -153,12 +155,24 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let ready = futures::future::join_all(stores.iter().map(Store::wait_until_ready));
-        match tokio::time::timeout(CACHE_WAIT, ready).await {
+        // A cache that once failed to list in time (no RBAC to, say) must not hold up every
+        // reconcile: after that, it is used only once it is ready.
+        let wait = if self.cache_late.load(std::sync::atomic::Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            CACHE_WAIT
+        };
+        match tokio::time::timeout(wait, ready).await {
             Ok(results) if !stores.is_empty() && results.iter().all(Result::is_ok) => {
                 match self.cached_secret(namespace, name) {
                     Some(metadata) => Cached::Found(Box::new(metadata)),
                     None => Cached::Absent,
                 }
+            }
+            Err(_) => {
+                self.cache_late
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Cached::Unknown
             }
             _ => Cached::Unknown,
         }
