@@ -244,7 +244,9 @@ pub(super) struct OwnWrites(Mutex<HashMap<(String, String), Written>>);
 enum Written {
     /// Sent, no answer yet: the watch may deliver the echo first. It carries this token id.
     Pending(String),
-    /// Written at this resourceVersion.
+    /// Sent, no answer yet, and the echo already came.
+    Echoed,
+    /// Written at this resourceVersion, the echo still to come.
     At(String),
 }
 
@@ -260,13 +262,18 @@ impl OwnWrites {
         let key = (namespace.to_string(), name.to_string());
         let mut writes = self.lock();
         match written.and_then(|s| s.metadata.resource_version.clone()) {
-            Some(version) => writes.insert(key, Written::At(version)),
-            None => writes.remove(&key),
-        };
+            Some(version) if !matches!(writes.get(&key), Some(Written::Echoed)) => {
+                writes.insert(key, Written::At(version));
+            }
+            // Failed, or its echo came already: nothing more to wait for.
+            _ => {
+                writes.remove(&key);
+            }
+        }
     }
 
-    /// Whether this event shows the Secret as we wrote it. An entry is spent by the first event
-    /// that matches it, or by any event once the write is answered: later ones are other changes.
+    /// Whether this event shows the Secret as we wrote it. An entry is spent by its echo, or
+    /// by any event once the write is answered: later ones are other changes.
     pub(super) fn is_echo(&self, secret: &CachedSecret) -> bool {
         let meta = &secret.metadata;
         let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
@@ -277,22 +284,25 @@ impl OwnWrites {
             return false;
         }
         let key = (namespace.clone(), name.clone());
-        let echo = match writes.get(&key) {
-            None => return false,
-            Some(Written::Pending(token_id)) => {
+        match writes.get_mut(&key) {
+            None | Some(Written::Echoed) => false,
+            Some(pending @ Written::Pending(_)) => {
                 let seen = meta
                     .annotations
                     .as_ref()
                     .and_then(|a| a.get(annotations::TOKEN_ID));
-                if seen != Some(token_id) {
-                    return false;
+                let echo = matches!(pending, Written::Pending(token_id) if seen == Some(token_id));
+                if echo {
+                    *pending = Written::Echoed;
                 }
-                true
+                echo
             }
-            Some(Written::At(version)) => meta.resource_version.as_ref() == Some(version),
-        };
-        writes.remove(&key);
-        echo
+            Some(Written::At(version)) => {
+                let echo = meta.resource_version.as_ref() == Some(version);
+                writes.remove(&key);
+                echo
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Written>> {
