@@ -42,6 +42,8 @@ manifests: tools
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) > deploy/install.yaml
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/clusterrole.yaml > deploy/rbac/clusterrole.yaml
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/roles.yaml > deploy/rbac/roles.yaml
+	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/tokenreview.yaml \
+	  --set config.endpoint.workloadIdentity.enabled=true > deploy/rbac/tokenreview.yaml
 
 ## image: the release image localhost/bootstrap-token-operator:dev, built offline: a static musl
 ## release binary on an empty base, with podman (docker when podman is absent). Unchanged binary,

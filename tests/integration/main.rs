@@ -15,3 +15,4 @@ mod shim;
 #[path = "../common/signer.rs"]
 mod signer;
 mod support;
+mod workload_identity;
