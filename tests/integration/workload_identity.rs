@@ -273,6 +273,45 @@ async fn a_service_account_token_gets_the_mapped_token_and_nothing_else_does() {
         "counted with its own reason"
     );
 
+    // The README's curl, reading the token from a file as a pod does.
+    let file = env.dir().join(format!("{ns}-token"));
+    std::fs::write(&file, &assertion).unwrap();
+    let (file_arg, url) = (
+        format!("client_assertion@{}", file.display()),
+        endpoint.url.clone(),
+    );
+    // On a blocking thread: the endpoint answers on this test's runtime.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "-d", "grant_type=client_credentials", "-d"])
+            .arg(format!("client_assertion_type={JWT_BEARER}"))
+            .args(["--data-urlencode", &file_arg, &url])
+            .output()
+            .expect("curl runs")
+    })
+    .await
+    .unwrap();
+    let body: Value = serde_json::from_slice(&out.stdout).expect("a JSON answer");
+    let claims = verified(&endpoint, body["access_token"].as_str().expect("a token")).await;
+    assert_eq!(claims["sid"], "com.example.wid");
+    // client_credentials only.
+    let (status, body) = endpoint
+        .post(
+            &[
+                ("grant_type", "bootstrap_token"),
+                ("sid", "com.example.wid"),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &assertion),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unauthorized_client")),
+        "{body}"
+    );
+
     // Several mappings: the request names one.
     let worker = token_for(&admin, &ns, "worker", ISSUER).await;
     let (status, body) = endpoint.exchange(&worker, &[]).await;
