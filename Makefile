@@ -67,13 +67,15 @@ run: control-plane
 	  env -u KUBECONFIG target/debug/local-cluster -- bash tests/run-demo.sh; \
 	fi
 
-## bench: the operator against the local control plane, and the token endpoint under wrk (signing
-## locally, and through local-kms); every result is a ratio against a baseline measured in the
+## bench: the operator against the local control plane, the token endpoint under wrk (signing
+## locally, and through local-kms), and workload-identity exchanges (TokenReview through the local
+## control plane, with and without the review cache); every result is a ratio against a baseline measured in the
 ## same run (benches/RESULTS.md).
 bench: control-plane kms
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(CARGO) bench --bench endpoint
 	$(CARGO) bench --bench operator
+	$(CARGO) bench --bench workload_identity
 
 fmt:
 	$(CARGO) fmt --all
