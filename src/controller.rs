@@ -542,8 +542,11 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     };
     let (terms, kept, issued) = match decide(bt, existing.as_ref(), &world) {
         Decision::NotReady(not_ready) => {
+            // Ours only: with storeToken false a foreign Secret of that name is no conflict.
             if let NotReady::Forbidden { .. } = &not_ready
-                && existing.is_some()
+                && existing
+                    .as_ref()
+                    .is_some_and(|s| controlled_by(&s.metadata, bt))
             {
                 // A token the policy no longer allows must not stay mounted.
                 secrets

@@ -440,7 +440,8 @@ async fn a_service_account_token_gets_the_mapped_token_and_nothing_else_does() {
 #[tokio::test]
 async fn store_token_false_keeps_no_secret() {
     let ns = TestEnv::global().namespace("wid-nostore").await;
-    let operator = Operator::start(&ns, CONFIG).await;
+    let config = format!("{CONFIG}policy:\n  - serviceIds: [\"com.example.*\"]\n");
+    let operator = Operator::start(&ns, &config).await;
     let admin = admin().await;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
 
@@ -500,6 +501,16 @@ async fn store_token_false_keeps_no_secret() {
     )
     .await;
     wait_reason(&ns, "foreign", "WorkloadIdentityOnly").await;
+    // Nor when the policy refuses the object (the operator deletes only its own Secret then).
+    apply_bt(
+        &ns,
+        bt_manifest(
+            "foreign",
+            json!({"serviceId": "org.forbidden", "storeToken": false}),
+        ),
+    )
+    .await;
+    wait_reason(&ns, "foreign", "Forbidden").await;
     // Switching back issues a token again.
     apply_bt(
         &ns,
