@@ -80,6 +80,7 @@ impl From<StoreError> for Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Issued,
+    WorkloadIdentityOnly,
     InvalidSpec,
     SecretConflict,
     Forbidden,
@@ -92,6 +93,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Issued => "Issued",
+            Reason::WorkloadIdentityOnly => "WorkloadIdentityOnly",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::SecretConflict => "SecretConflict",
             Reason::Forbidden => "Forbidden",
@@ -178,24 +180,26 @@ impl Context {
         }
     }
 
-    /// The namespace that holds `bt`'s service id before it, if another does: the earliest
-    /// BootstrapToken with that id (by creation time, then namespace) keeps it.
+    /// The namespace that holds `bt`'s service id before it, if another does.
     fn held_elsewhere(&self, bt: &BootstrapToken) -> Option<String> {
-        let namespace = bt.namespace();
-        let key = |b: &BootstrapToken| (b.creation_timestamp(), b.namespace(), b.name_any());
-        let mine = key(bt);
         let stores = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         stores.iter().find_map(|store| {
             store
-                .find(|other| {
-                    other.spec.service_id == bt.spec.service_id
-                        && other.namespace() != namespace
-                        && other.metadata.deletion_timestamp.is_none()
-                        && key(other) < mine
-                })
+                .find(|other| holds_before(other, bt))
                 .and_then(|holder| holder.namespace())
         })
     }
+}
+
+/// Whether `other`, in another namespace, holds `bt`'s service id before it: the earliest
+/// BootstrapToken with that id (by creation time, then namespace) keeps it. The token endpoint
+/// applies the same rule to workload identities.
+pub fn holds_before(other: &BootstrapToken, bt: &BootstrapToken) -> bool {
+    let key = |b: &BootstrapToken| (b.creation_timestamp(), b.namespace(), b.name_any());
+    other.spec.service_id == bt.spec.service_id
+        && other.namespace() != bt.namespace()
+        && other.metadata.deletion_timestamp.is_none()
+        && key(other) < key(bt)
 }
 
 /// An input of the token that, when it no longer matches the token in the Secret, forces a new one.
@@ -339,6 +343,8 @@ pub enum Decision {
     /// A new token is due, but the last one was issued less than `minReissueInterval` ago: look
     /// again after this long, changing nothing meanwhile.
     Wait(Duration, IssueReason),
+    /// `spec.storeToken: false`: no token is kept; a Secret kept before is deleted.
+    NoSecret,
 }
 
 /// What [`decide`] reads besides the object and its Secret.
@@ -358,7 +364,9 @@ pub fn decide(bt: &BootstrapToken, existing: Option<&Secret>, world: &World) -> 
         Ok(terms) => terms,
         Err(why) => return Decision::NotReady(NotReady::InvalidSpec(why)),
     };
+    // Without a stored token the Secret's name is not used, so a foreign Secret there is no conflict.
     if let Some(secret) = existing
+        && bt.spec.store_token
         && !controlled_by(&secret.metadata, bt)
     {
         return Decision::NotReady(NotReady::SecretConflict(bt.secret_name()));
@@ -378,6 +386,9 @@ pub fn decide(bt: &BootstrapToken, existing: Option<&Secret>, world: &World) -> 
             sid: sid.clone(),
             holder: holder.to_string(),
         });
+    }
+    if !bt.spec.store_token {
+        return Decision::NoSecret;
     }
     let reason = match reusable(bt, issuer, terms, existing, world.keys, world.now) {
         Ok(kept) => return Decision::Keep(terms, Box::new(kept)),
@@ -517,6 +528,8 @@ enum Outcome {
         reason: Reason,
         message: String,
     },
+    /// Ready with no Secret (`spec.storeToken: false`).
+    NoSecret,
     /// Nothing was done; the status stays as it is.
     Unchanged,
 }
@@ -610,8 +623,11 @@ async fn carry_out(
     };
     let (terms, kept, issued) = match decide(bt, existing.as_ref(), &world) {
         Decision::NotReady(not_ready) => {
+            // Ours only: with storeToken false a foreign Secret of that name is no conflict.
             if let NotReady::Forbidden { .. } = &not_ready
-                && existing.is_some()
+                && existing
+                    .as_ref()
+                    .is_some_and(|s| controlled_by(&s.metadata, bt))
             {
                 // A token the policy no longer allows must not stay mounted.
                 secrets
@@ -633,6 +649,10 @@ async fn carry_out(
             return Ok(Some((outcome, action)));
         }
         Decision::Keep(terms, kept) => (terms, *kept, None),
+        Decision::NoSecret => {
+            forget_secrets(bt, secrets, None, existing.as_ref()).await?;
+            return Ok(Some((Outcome::NoSecret, Action::await_change())));
+        }
         Decision::Wait(wait, reason) => {
             tracing::info!(%reason, ?wait, "a new token is due; waiting out bootstrap.minReissueInterval");
             return Ok(Some((Outcome::Unchanged, Action::requeue(wait))));
@@ -701,7 +721,7 @@ async fn carry_out(
             Err(error) => return Err(error.into()),
         }
     }
-    forget_renamed_secret(bt, secrets, &secret_name).await?;
+    forget_secrets(bt, secrets, Some(&secret_name), None).await?;
     if let Some(reason) = issued {
         let first = bt
             .status
@@ -775,35 +795,55 @@ async fn read_secret(
     }
 }
 
-/// After `spec.secretName` changed, the Secret named before still holds a live token that is no
-/// longer renewed or checked: delete it, if it is ours.
-async fn forget_renamed_secret(
+/// Secrets of `bt` that hold a live token no longer renewed or checked: the one the status names
+/// when `spec.secretName` changed (`keep` is the Secret now used), or, with no token kept
+/// (`keep` is `None`), that one and `existing`. Each is deleted if it is ours.
+async fn forget_secrets(
     bt: &BootstrapToken,
     secrets: &Api<Secret>,
-    secret_name: &str,
+    keep: Option<&str>,
+    existing: Option<&Secret>,
 ) -> Result<(), Error> {
-    let Some(previous) = bt
+    let previous = bt
         .status
         .as_ref()
         .and_then(|s| s.secret_name.as_deref())
-        .filter(|previous| *previous != secret_name)
-    else {
-        return Ok(());
-    };
+        .filter(|previous| Some(*previous) != keep);
     let metadata: Api<PartialObjectMeta<Secret>> = Api::namespaced(
         secrets.clone().into_client(),
         &bt.namespace().unwrap_or_default(),
     );
-    if let Some(old) = metadata.get_metadata_opt(previous).await?
+    if let Some(previous) = previous
+        && let Some(old) = metadata.get_metadata_opt(previous).await?
         && controlled_by(&old.metadata, bt)
     {
-        secrets.delete(previous, &DeleteParams::default()).await?;
+        delete_secret(secrets, previous).await?;
         tracing::info!(
             secret = previous,
-            "deleted the Secret spec.secretName no longer names"
+            "deleted a Secret this object no longer uses"
+        );
+    }
+    // Already read, so its ownership is known without another request.
+    if let Some(current) = existing.filter(|s| controlled_by(&s.metadata, bt))
+        && let Some(name) = current.metadata.name.as_deref()
+        && Some(name) != previous
+    {
+        delete_secret(secrets, name).await?;
+        tracing::info!(
+            secret = name,
+            "deleted the Secret: spec.storeToken is false"
         );
     }
     Ok(())
+}
+
+/// A Secret already gone (a stale cache, a concurrent deletion) is what was wanted.
+async fn delete_secret(secrets: &Api<Secret>, name: &str) -> Result<(), Error> {
+    match secrets.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn controlled_by(metadata: &ObjectMeta, bt: &BootstrapToken) -> bool {
@@ -950,6 +990,16 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
                 ..Default::default()
             },
         ),
+        Outcome::NoSecret => (
+            "True",
+            Reason::WorkloadIdentityOnly.as_str(),
+            no_secret_message(bt),
+            BootstrapTokenStatus {
+                // Kept so that turning storeToken back on still honours minReissueInterval.
+                issued_at: previous.issued_at.clone(),
+                ..Default::default()
+            },
+        ),
         Outcome::NotReady { reason, message } => {
             ctx.metrics
                 .failures
@@ -995,6 +1045,19 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
         publish(ctx, bt, EventType::Warning, reason, message).await;
     }
     Ok(())
+}
+
+fn no_secret_message(bt: &BootstrapToken) -> String {
+    let accounts = &bt.spec.service_accounts;
+    if accounts.is_empty() {
+        "spec.storeToken is false: no token is kept in a Secret, and no spec.serviceAccounts are listed to get one from the token endpoint".into()
+    } else {
+        format!(
+            "spec.storeToken is false: no token is kept in a Secret; ServiceAccounts {} get tokens for {} from the token endpoint",
+            accounts.join(", "),
+            bt.spec.service_id
+        )
+    }
 }
 
 /// Events are best effort: failing to record one must not fail the reconcile.
@@ -1136,6 +1199,8 @@ mod tests {
                 lifetime: None,
                 renew_before: None,
                 secret_template: None,
+                service_accounts: Vec::new(),
+                store_token: true,
             },
         );
         bt.metadata.namespace = Some("team-a".into());
@@ -1206,6 +1271,7 @@ mod tests {
         Keep,
         Issue(IssueReason),
         Wait(u64),
+        NoSecret,
     }
 
     fn decide_at(
@@ -1259,6 +1325,10 @@ mod tests {
             ("Secret of someone else", bt(|_| {}), vec![], Some(secret("another-uid", Some(b"x"), None)), NOW, Want::NotReady(Reason::SecretConflict)),
             ("Secret without owner", bt(|_| {}), vec![], Some(Secret::default()), NOW, Want::NotReady(Reason::SecretConflict)),
             ("policy refuses the namespace", bt(|_| {}), denied.clone(), None, NOW, Want::NotReady(Reason::Forbidden)),
+            ("storeToken false", bt(|s| s.store_token = false), vec![], None, NOW, Want::NoSecret),
+            ("storeToken false, our Secret present", bt(|s| s.store_token = false), vec![], Some(fresh.clone()), NOW, Want::NoSecret),
+            ("storeToken false, a foreign Secret is no conflict", bt(|s| s.store_token = false), vec![], Some(secret("another-uid", Some(b"x"), None)), NOW, Want::NoSecret),
+            ("storeToken false, policy still refuses", bt(|s| s.store_token = false), denied.clone(), None, NOW, Want::NotReady(Reason::Forbidden)),
             ("policy refuses, our Secret present", bt(|_| {}), denied, Some(fresh.clone()), NOW, Want::NotReady(Reason::Forbidden)),
             ("policy allows", bt(|_| {}), allowed, Some(fresh.clone()), NOW, Want::Keep),
             ("no Secret", bt(|_| {}), vec![], None, NOW, Want::Issue(IssueReason::SecretMissing)),
@@ -1310,6 +1380,7 @@ mod tests {
                 (Want::Wait(seconds), Decision::Wait(wait, _)) => {
                     assert_eq!(wait.as_secs(), *seconds, "{name}")
                 }
+                (Want::NoSecret, Decision::NoSecret) => {}
                 _ => panic!("{name}: got {got:?}"),
             }
         }

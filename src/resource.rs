@@ -80,7 +80,7 @@ pub struct BootstrapTokenSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub secret_name: Option<String>,
     /// Validity of the token as a Go duration (`87600h`); default from the operator's configuration.
@@ -97,6 +97,31 @@ pub struct BootstrapTokenSpec {
     /// Labels and annotations copied onto the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<SecretTemplate>,
+    /// ServiceAccounts of this namespace whose projected tokens the token endpoint exchanges
+    /// for a short-lived token of this service (workload identity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN)),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub service_accounts: Vec<String>,
+    /// `false`: keep no long-lived token in a Secret at all (workload identity only); a Secret
+    /// the operator kept for this object before is deleted.
+    #[serde(default = "default_store_token", skip_serializing_if = "is_true")]
+    pub store_token: bool,
+}
+
+/// Secret and ServiceAccount names: a DNS subdomain (RFC 1123), as the API server validates them.
+pub const DNS_SUBDOMAIN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+fn default_store_token() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// Keys under `bootstraptoken.dev/` are the operator's: the API server refuses them here, and the

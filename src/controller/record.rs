@@ -346,6 +346,8 @@ mod tests {
                 lifetime: None,
                 renew_before: None,
                 secret_template: None,
+                service_accounts: Vec::new(),
+                store_token: true,
             },
         );
         bt.metadata.namespace = Some("team-a".into());

@@ -36,6 +36,8 @@ pub struct Params {
     pub scope: Option<String>,
     pub audience: Option<String>,
     pub sid: Option<String>,
+    pub client_assertion: Option<String>,
+    pub client_assertion_type: Option<String>,
 }
 
 impl Params {
@@ -84,6 +86,8 @@ impl Params {
             "scope" => ("scope", &mut self.scope),
             "audience" => ("audience", &mut self.audience),
             "sid" => ("sid", &mut self.sid),
+            "client_assertion" => ("client_assertion", &mut self.client_assertion),
+            "client_assertion_type" => ("client_assertion_type", &mut self.client_assertion_type),
             _ => return None,
         })
     }
@@ -113,6 +117,8 @@ impl Params {
             &mut self.scope,
             &mut self.audience,
             &mut self.sid,
+            &mut self.client_assertion,
+            &mut self.client_assertion_type,
         ] {
             if value.as_deref() == Some("") {
                 *value = None;

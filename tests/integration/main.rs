@@ -16,3 +16,4 @@ mod shim;
 #[path = "../common/signer.rs"]
 mod signer;
 mod support;
+mod workload_identity;
