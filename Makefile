@@ -5,6 +5,7 @@ HELM_VERSION := v3.19.0
 CACHE := $(HOME)/.cache/bootstrap-token-operator
 OPERATOR := target/debug/bootstrap-token-operator
 CRD := crds/bootstraptokens.bootstraptoken.dev.yaml
+REVOKED_CRD := crds/revokedtokens.bootstraptoken.dev.yaml
 CHART := charts/bootstrap-token-operator
 RELEASE := bootstrap-token-operator
 
@@ -38,7 +39,8 @@ tools:
 ## the integration tests run the operator under.
 manifests: tools
 	$(CARGO) run -q --bin bootstrap-token-operator -- crd > $(CRD)
-	cp $(CRD) $(CHART)/files/crds/
+	$(CARGO) run -q --bin bootstrap-token-operator -- crd revokedtokens > $(REVOKED_CRD)
+	cp $(CRD) $(REVOKED_CRD) $(CHART)/files/crds/
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) > deploy/install.yaml
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/clusterrole.yaml > deploy/rbac/clusterrole.yaml
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/roles.yaml > deploy/rbac/roles.yaml
@@ -74,6 +76,7 @@ run: control-plane
 bench: control-plane kms
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(CARGO) bench --bench endpoint
+	$(CARGO) bench --bench introspect
 	$(CARGO) bench --bench operator
 	$(CARGO) bench --bench workload_identity
 

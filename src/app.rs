@@ -14,11 +14,13 @@ use prometheus_client::registry::Registry;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::controller::{self, Context};
+use crate::deletion;
 use crate::endpoint::{self, EndpointMetrics, StateError};
 use crate::events::EventPublisher;
 use crate::keyguard;
 use crate::leader::{self, Shutdown};
 use crate::resource::MANAGER;
+use crate::revocation::Revocations;
 use crate::shim;
 use crate::telemetry::{ControllerMetrics, LogFormat};
 use crate::token::store::{KeyProvider, StoreError};
@@ -101,10 +103,12 @@ pub struct Core {
 }
 
 impl Core {
-    /// `keys` signs; `instance` names this replica in events.
+    /// `keys` signs; `instance` names this replica in events; revoked tokens are recorded in
+    /// `namespace`, the operator's own.
     pub fn new(
         client: Client,
         config: &Config,
+        namespace: &str,
         keys: Arc<KeyProvider>,
         instance: Option<String>,
         registry: &mut Registry,
@@ -116,7 +120,11 @@ impl Core {
             metrics.init_controller(kind);
         }
         keys.register_metrics(registry);
-        let issuer = Arc::new(issuer(config, keys.clone(), registry));
+        let revocations =
+            Revocations::in_cluster(config.revocation.clone(), client.clone(), namespace);
+        let issuer = Arc::new(
+            issuer(config, keys.clone(), registry).with_revocations(Arc::new(revocations)),
+        );
         let recorder = EventPublisher::new(
             client.clone(),
             Reporter {
@@ -137,8 +145,20 @@ impl Core {
         futures::join!(
             controller::run(self.ctx.clone(), namespaces, stop.clone()),
             shim::run(shim_ctx, namespaces, stop.clone()),
+            self.issuer.revocations().sweep(stop.clone()),
+            deletion::run(
+                self.ctx.client.clone(),
+                self.issuer.clone(),
+                namespaces,
+                stop.clone()
+            ),
             keyguard::run(&self.keys, &self.ctx.recorder, stop),
         );
+    }
+
+    /// Follows the revoked tokens until `stop` resolves: every replica, leader or not.
+    pub async fn watch_revocations(&self, stop: Shutdown) {
+        self.issuer.revocations().watch(stop).await;
     }
 }
 
@@ -179,6 +199,7 @@ impl RunArgs {
         let core = Core::new(
             client.clone(),
             &config,
+            &self.namespace,
             keys,
             Some(identity.clone()),
             &mut registry,
@@ -231,6 +252,8 @@ impl RunArgs {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_KEY_RETRY);
                 }
+                // Until the revoked tokens are listed, "not revoked" would mean nothing.
+                issuer.revocations().wait_synced().await;
                 admin_state.readiness.set_ready();
             }
         };
@@ -281,11 +304,12 @@ impl RunArgs {
                     None => Ok(()),
                 }
             };
-            let (controllers, admin, token_endpoint, ()) = tokio::join!(
+            let (controllers, admin, token_endpoint, (), ()) = tokio::join!(
                 controllers,
                 admin_server.into_future(),
                 token_endpoint,
-                readiness
+                readiness,
+                core.watch_revocations(shutdown.clone()),
             );
             admin.map_err(|source| AppError::Serve {
                 what: "admin server",

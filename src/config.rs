@@ -30,6 +30,8 @@ pub struct Config {
     pub policy: Vec<PolicyRule>,
     #[serde(default)]
     pub endpoint: crate::endpoint::EndpointConfig,
+    #[serde(default)]
+    pub revocation: crate::revocation::RevocationConfig,
 }
 
 fn default_issuer() -> String {
@@ -146,7 +148,7 @@ impl Config {
                 duration::format(self.bootstrap.lifetime)
             ));
         }
-        if self.signing.kid.is_empty() {
+        if self.signing.kid.as_deref() == Some("") {
             return Err("signing.kid: must not be empty".into());
         }
         if self.signing.key_secret.is_empty() {
@@ -169,6 +171,9 @@ impl Config {
         self.endpoint
             .validate()
             .map_err(|why| format!("endpoint.{why}"))?;
+        self.revocation
+            .validate()
+            .map_err(|why| format!("revocation.{why}"))?;
         Ok(())
     }
 
@@ -197,7 +202,7 @@ mod tests {
             "f7d42348-c647-4efb-a52d-4c5787421e00"
         );
         assert_eq!(config.bootstrap.lifetime, Duration::from_secs(315_360_000));
-        assert_eq!(config.signing.kid, "100");
+        assert_eq!(config.signing.kid, None, "the key's thumbprint");
         assert_eq!(
             config.bootstrap.renew_before_for(config.bootstrap.lifetime),
             Duration::from_secs(105_120_000)

@@ -27,8 +27,10 @@ use crate::backoff::Backoff;
 use crate::duration;
 use crate::events::EventPublisher;
 use crate::resource::{
-    BootstrapToken, BootstrapTokenStatus, MANAGED_BY_LABEL, MANAGER, TOKEN_KEY, annotations,
+    BootstrapToken, BootstrapTokenStatus, FINALIZER, MANAGED_BY_LABEL, MANAGER, TOKEN_KEY,
+    annotations,
 };
+use crate::revocation::{self, Previous, RevocationError, RevocationReason};
 use crate::telemetry::{ControllerMetrics, ReasonLabels};
 use crate::token::store::StoreError;
 use crate::token::{
@@ -56,13 +58,15 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Issue(#[from] IssueError),
+    #[error(transparent)]
+    Revocation(#[from] RevocationError),
 }
 
 impl Error {
     /// The `Ready=False` reason a failure shows on the object.
     fn reason(&self) -> Reason {
         match self {
-            Error::Kube(_) => Reason::ApiError,
+            Error::Kube(_) | Error::Revocation(_) => Reason::ApiError,
             Error::Issue(IssueError::KeyUnavailable(_)) => Reason::KeyUnavailable,
             Error::Issue(IssueError::Signing(_)) => Reason::SigningUnavailable,
             Error::Issue(IssueError::Forbidden { .. }) => Reason::Forbidden,
@@ -236,16 +240,19 @@ pub enum IssueReason {
     Changed(Input),
     RenewalDue,
     Requested,
+    /// The `revoke` annotation has a new value: the current token is revoked at once.
+    RevokeRequested,
 }
 
 impl IssueReason {
     /// Every value of [`IssueReason::label`], the `reason` of the tokens-issued metric.
-    pub const LABELS: [&'static str; 5] = [
+    pub const LABELS: [&'static str; 6] = [
         "secret_missing",
         "token_invalid",
         "inputs_changed",
         "renewal",
         "requested",
+        "revoke_requested",
     ];
 
     fn label(&self) -> &'static str {
@@ -255,6 +262,7 @@ impl IssueReason {
             IssueReason::Changed(_) => "inputs_changed",
             IssueReason::RenewalDue => "renewal",
             IssueReason::Requested => "requested",
+            IssueReason::RevokeRequested => "revoke_requested",
         }
     }
 }
@@ -272,6 +280,11 @@ impl std::fmt::Display for IssueReason {
                 f,
                 "re-issue requested by the {} annotation",
                 annotations::REISSUE
+            ),
+            IssueReason::RevokeRequested => write!(
+                f,
+                "revocation requested by the {} annotation",
+                annotations::REVOKE
             ),
         }
     }
@@ -446,9 +459,11 @@ fn terms(bt: &BootstrapToken, issuer: &Issuer) -> Result<Terms, String> {
 }
 
 fn reissue_value(bt: &BootstrapToken) -> Option<&str> {
-    bt.annotations()
-        .get(annotations::REISSUE)
-        .map(String::as_str)
+    annotation(bt, annotations::REISSUE)
+}
+
+fn annotation<'a>(bt: &'a BootstrapToken, key: &str) -> Option<&'a str> {
+    bt.annotations().get(key).map(String::as_str)
 }
 
 /// The token in `secret` if it may be kept, else why not.
@@ -468,6 +483,7 @@ fn reusable(
                 .map_err(|_| IssueReason::TokenInvalid("not UTF-8".into()))?;
             let verified = keys
                 .verify(token)
+                .and_then(|verified| issuer.check_revoked(&verified, now).map(|()| verified))
                 .map_err(|e| IssueReason::TokenInvalid(e.to_string()))?;
             (Some(token.to_string()), verified.claims, verified.kid)
         }
@@ -475,6 +491,11 @@ fn reusable(
         Some((secret, None)) => {
             let (claims, kid) = record::recorded(bt, &secret.metadata, issuer, keys)
                 .ok_or(IssueReason::SecretMissing)?;
+            if issuer.revocations().is_revoked(&claims.jti, now) {
+                return Err(IssueReason::TokenInvalid(
+                    crate::token::VerifyError::Revoked.to_string(),
+                ));
+            }
             (None, claims, kid)
         }
     };
@@ -501,10 +522,15 @@ fn reusable(
     if let Some(input) = changed {
         return Err(IssueReason::Changed(input));
     }
-    let recorded_reissue = secret
-        .and_then(|s| s.annotations().get(annotations::REISSUE))
-        .map(String::as_str);
-    if recorded_reissue != reissue_value(bt) {
+    let recorded = |key| {
+        secret
+            .and_then(|s| s.annotations().get(key))
+            .map(String::as_str)
+    };
+    if recorded(annotations::REVOKE) != annotation(bt, annotations::REVOKE) {
+        return Err(IssueReason::RevokeRequested);
+    }
+    if recorded(annotations::REISSUE) != reissue_value(bt) {
         return Err(IssueReason::Requested);
     }
     if now >= renewal_time(claims.exp, terms.renew_before) {
@@ -580,6 +606,8 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     let secret_name = bt.secret_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let keys = ctx.issuer.keys().await?;
+    // Until the revoked tokens are listed, a revoked token in a Secret would look valid.
+    ctx.issuer.revocations().wait_synced().await;
     let cached = ctx.secret_in_cache(&namespace, &secret_name).await;
     let existing = match record::lookup(bt, cached, &ctx.issuer, keys) {
         Lookup::Known(metadata) => Some(Secret {
@@ -671,6 +699,11 @@ async fn carry_out(
                     now,
                 )
                 .await?;
+            // Before the Secret changes: should this write fail, the old token is still the
+            // status's and is revoked on the retry.
+            if let Some(revocation) = superseded(bt, ctx, &issued.claims.jti, &reason, now) {
+                ctx.issuer.revocations().revoke(&revocation).await?;
+            }
             let kept = Kept {
                 token: Some(issued.token),
                 claims: issued.claims,
@@ -761,6 +794,37 @@ async fn carry_out(
         },
         Action::requeue(wait),
     )))
+}
+
+/// The revocation of the token the status names, now that `new_jti` replaces it. The status, not
+/// the Secret's annotations, says which token that is: whoever may write the Secret must not
+/// make the operator revoke a token of their choosing.
+fn superseded(
+    bt: &BootstrapToken,
+    ctx: &Context,
+    new_jti: &str,
+    reason: &IssueReason,
+    now: i64,
+) -> Option<revocation::Revocation> {
+    let status = bt.status.as_ref()?;
+    let previous = Previous {
+        jti: status.token_id.as_deref()?,
+        kid: status.key_id.as_deref().unwrap_or_default(),
+        exp: revocation::parse_time(status.expires_at.as_deref()?)?,
+    };
+    let why = match reason {
+        IssueReason::RevokeRequested => RevocationReason::RevokeRequested,
+        _ => RevocationReason::Reissued,
+    };
+    revocation::on_replace(
+        Some(previous),
+        Some(new_jti),
+        why,
+        &ctx.issuer.bootstrap().client_id,
+        &bt.spec.service_id,
+        ctx.issuer.revocations().config().reissue_grace,
+        now,
+    )
 }
 
 /// The Secret `bt` names. Its metadata comes from the watch cache (one metadata GET when the
@@ -876,8 +940,10 @@ fn desired_secret(
     notes.insert(annotations::KEY_ID.into(), kid.into());
     notes.insert(annotations::EXPIRES_AT.into(), rfc3339(claims.exp));
     notes.insert(annotations::CLAIMS.into(), claims_digest.into());
-    if let Some(reissue) = reissue_value(bt) {
-        notes.insert(annotations::REISSUE.into(), reissue.into());
+    for key in [annotations::REISSUE, annotations::REVOKE] {
+        if let Some(value) = annotation(bt, key) {
+            notes.insert(key.into(), value.into());
+        }
     }
     Secret {
         metadata: ObjectMeta {
@@ -886,6 +952,8 @@ fn desired_secret(
             labels: Some(labels),
             annotations: Some(notes),
             owner_references: bt.controller_owner_ref(&()).map(|owner| vec![owner]),
+            // Its deletion waits for the token in it to be revoked (`deletion`).
+            finalizers: Some(vec![FINALIZER.into()]),
             ..Default::default()
         },
         type_: Some("Opaque".into()),
@@ -926,6 +994,7 @@ fn metadata_matches(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
         && !owned_but_unwanted("f:labels", desired.labels.as_ref())
         && !owned_but_unwanted("f:annotations", desired.annotations.as_ref())
         && existing.owner_references == desired.owner_references
+        && existing.finalizers.iter().flatten().any(|f| f == FINALIZER)
 }
 
 /// The label or annotation keys our field manager applied, from `managedFields`.
@@ -1138,8 +1207,17 @@ pub async fn run(
                     let ctx = ctx.clone();
                     move |secret| std::future::ready(!ctx.own_writes.is_echo(secret))
                 });
+            // A revoked current token (at the endpoint, say) is replaced at once.
+            let lookup = store.clone();
+            let revoked = ctx.issuer.revocations().revoked().filter_map(move |jti| {
+                let found = lookup.find(|bt| {
+                    bt.status.as_ref().and_then(|s| s.token_id.as_deref()) == Some(jti.as_str())
+                });
+                async move { found.map(|bt| ObjectRef::from(&*bt)) }
+            });
             Controller::for_stream(tokens, store)
                 .owns_stream(owned_secrets)
+                .reconcile_on(revoked)
                 .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
                 .trigger_backoff(crate::backoff::watch())
                 // Objects that failed for want of the signing key: at once, not after their back-off.
@@ -1209,9 +1287,12 @@ mod tests {
         bt
     }
 
-    fn with_reissue(mut bt: BootstrapToken, value: &str) -> BootstrapToken {
-        bt.annotations_mut()
-            .insert(annotations::REISSUE.into(), value.into());
+    fn with_reissue(bt: BootstrapToken, value: &str) -> BootstrapToken {
+        with_annotation(bt, annotations::REISSUE, value)
+    }
+
+    fn with_annotation(mut bt: BootstrapToken, key: &str, value: &str) -> BootstrapToken {
+        bt.annotations_mut().insert(key.into(), value.into());
         bt
     }
 
@@ -1345,6 +1426,8 @@ mod tests {
             ("version claim changed", bt(|_| {}), vec![], Some(changed(|c| c.version_claim = VersionClaim::Ver)), NOW, Want::Issue(IssueReason::Changed(Input::VersionClaim))),
             ("version value changed", bt(|_| {}), vec![], Some(changed(|c| c.version = "2.0".into())), NOW, Want::Issue(IssueReason::Changed(Input::VersionClaim))),
             ("reissue requested", with_reissue(bt(|_| {}), "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::Requested)),
+            ("revoke requested", with_annotation(bt(|_| {}), annotations::REVOKE, "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::RevokeRequested)),
+            ("revoke and reissue both new: revoke wins", with_reissue(with_annotation(bt(|_| {}), annotations::REVOKE, "1"), "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::RevokeRequested)),
             ("reissue value already served", with_reissue(bt(|_| {}), "1"), vec![], Some(secret(UID, Some(signed(&KEYS, &claims(NOW - 60)).as_bytes()), Some("1"))), NOW, Want::Keep),
             ("reissue annotation removed", bt(|_| {}), vec![], Some(secret(UID, Some(signed(&KEYS, &claims(NOW - 60)).as_bytes()), Some("1"))), NOW, Want::Issue(IssueReason::Requested)),
             ("one second before renewal", bt(|_| {}), vec![], Some(at_renewal.clone()), renewal_at(iat) - 1, Want::Keep),
@@ -1398,6 +1481,31 @@ mod tests {
                 Decision::Issue(_, IssueReason::TokenInvalid(_)) => {}
                 other => panic!("{name}: {other:?}"),
             }
+        }
+    }
+
+    /// A token revoked in the Secret (at `/oauth2/revoke`, say) is replaced once the revocation
+    /// takes effect, not before: a re-issue's grace period keeps it.
+    #[tokio::test]
+    async fn revoked_tokens_are_replaced_from_their_effective_time() {
+        let issuer = issuer(vec![]);
+        let claims = claims(NOW - 60);
+        let existing = ours(&claims);
+        let revocation = crate::revocation::Revocation {
+            jti: claims.jti.clone(),
+            kid: "100".into(),
+            client_id: claims.client_id.clone(),
+            sid: claims.sid.clone(),
+            exp: claims.exp,
+            effective_at: NOW + 10,
+            reason: RevocationReason::Endpoint,
+        };
+        issuer.revocations().revoke(&revocation).await.unwrap();
+        let decide = |now| decide_at(&bt(|_| {}), &issuer, Some(&existing), &KEYS, now);
+        assert!(matches!(decide(NOW + 9), Decision::Keep(..)));
+        match decide(NOW + 10) {
+            Decision::Issue(_, IssueReason::TokenInvalid(why)) => assert!(why.contains("revoked")),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -93,7 +93,8 @@ impl Guard<'_> {
 
     /// Reports a Secret whose key is not the one in use.
     async fn check(&self, secret: &Secret) {
-        let Some(in_use) = self.keys.loaded().and_then(|keys| keys.get(self.kid)) else {
+        // The Secret holds the active key (a thumbprint kid is only known once it is loaded).
+        let Some(in_use) = self.keys.loaded().map(|keys| keys.active()) else {
             return;
         };
         let stored = secret

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use bootstrap_token_operator::app::RunArgs;
-use bootstrap_token_operator::{resource, telemetry};
+use bootstrap_token_operator::{resource, revocation, telemetry};
 
 /// Issues long-lived bootstrap tokens (RS256 JWTs) into Kubernetes Secrets and serves an OAuth 2.0
 /// token endpoint.
@@ -20,15 +20,30 @@ struct Cli {
 enum Command {
     /// Run the controllers and the token endpoint against the cluster in KUBECONFIG or in-cluster.
     Run(RunArgs),
-    /// Print the BootstrapToken CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML (BootstrapToken unless named).
+    Crd {
+        #[arg(value_enum, default_value = "bootstraptokens")]
+        name: CrdName,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrdName {
+    Bootstraptokens,
+    Revokedtokens,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Crd => {
-            print!("{}", resource::crd_yaml());
+        Command::Crd { name } => {
+            print!(
+                "{}",
+                match name {
+                    CrdName::Bootstraptokens => resource::crd_yaml(),
+                    CrdName::Revokedtokens => revocation::crd_yaml(),
+                }
+            );
             ExitCode::SUCCESS
         }
         Command::Run(args) => {

@@ -16,6 +16,8 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub mod annotations {
     /// Any new value forces a new token.
     pub const REISSUE: &str = "bootstraptoken.dev/reissue";
+    /// Any new value revokes the current token at once and forces a new one.
+    pub const REVOKE: &str = "bootstraptoken.dev/revoke";
     pub const SERVICE_ID: &str = "bootstraptoken.dev/service-id";
     pub const TOKEN_ID: &str = "bootstraptoken.dev/token-id";
     pub const KEY_ID: &str = "bootstraptoken.dev/key-id";
@@ -36,6 +38,9 @@ pub mod annotations {
     /// token's id, so the pods roll when the token changes.
     pub const RESTART_ON_REISSUE: &str = "bootstraptoken.dev/restart-on-reissue";
 }
+
+/// On every token Secret: its deletion waits until the operator has revoked the token in it.
+pub const FINALIZER: &str = "bootstraptoken.dev/revoke-on-delete";
 
 /// The Secret data key holding the compact JWT.
 pub const TOKEN_KEY: &str = "token";

@@ -158,6 +158,9 @@ pub struct ClientConfig {
     pub audiences: Vec<String>,
     #[serde(default, deserialize_with = "duration::serde_go::option")]
     pub token_lifetime: Option<Duration>,
+    /// An admin client: may revoke any token at `/oauth2/revoke`, not only its own.
+    #[serde(default)]
+    pub revoke_any: bool,
 }
 
 fn default_enabled() -> bool {

@@ -42,6 +42,9 @@ pub enum ErrorKind {
     ServiceIdRequired,
     MultipleClientAuthentication,
     ReviewUnavailable,
+    MissingToken,
+    TokenNotOwned,
+    RevocationUnavailable,
 }
 
 impl ErrorKind {
@@ -217,6 +220,25 @@ impl ErrorKind {
                 "temporarily_unavailable",
                 "ERR12945",
                 "TOKEN_REVIEW_UNAVAILABLE",
+            ),
+            MissingToken => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "ERR12911",
+                "MISSING_TOKEN",
+            ),
+            // RFC 7009 §2.1: a token issued to another client is refused, with an error.
+            TokenNotOwned => (
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "ERR12912",
+                "TOKEN_NOT_OWNED",
+            ),
+            RevocationUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "ERR12913",
+                "REVOCATION_UNAVAILABLE",
             ),
         }
     }

@@ -10,6 +10,7 @@ mod metrics;
 mod params;
 mod publish;
 mod registry;
+mod revoke;
 mod secret;
 mod server;
 mod tls;
@@ -138,6 +139,8 @@ pub fn router(state: Arc<State>) -> Router {
         router = router.route(path, any(token_request));
     }
     router
+        .route("/oauth2/introspect", any(introspect_request))
+        .route("/oauth2/revoke", any(revoke_request))
         .route("/oauth2/keys", get(jwks).fallback(get_only))
         .route("/oauth2/key", get(jwks).fallback(get_only))
         .route("/.well-known/jwks.json", get(jwks).fallback(get_only))
@@ -167,6 +170,30 @@ async fn token_request(
     let not_allowed = request.method() != axum::http::Method::POST;
     let mut response = token::handle(&state, request).await;
     if not_allowed {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    response
+}
+
+async fn introspect_request(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    request: Request,
+) -> Response {
+    post_only(revoke::handle(&state, request, revoke::Action::Introspect).await)
+}
+
+async fn revoke_request(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    request: Request,
+) -> Response {
+    post_only(revoke::handle(&state, request, revoke::Action::Revoke).await)
+}
+
+/// A 405 answer says which method is allowed.
+fn post_only(mut response: Response) -> Response {
+    if response.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED {
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));

@@ -46,14 +46,20 @@ impl Published {
     }
 }
 
+const AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
+
 /// RFC 8414 §2. There is no authorization endpoint, so no response types.
 #[derive(Serialize)]
 pub struct Metadata<'a> {
     pub issuer: &'a str,
     pub token_endpoint: String,
     pub jwks_uri: String,
+    pub revocation_endpoint: String,
+    pub introspection_endpoint: String,
     pub grant_types_supported: [&'static str; 2],
     pub token_endpoint_auth_methods_supported: [&'static str; 2],
+    pub revocation_endpoint_auth_methods_supported: [&'static str; 2],
+    pub introspection_endpoint_auth_methods_supported: [&'static str; 2],
     pub response_types_supported: [&'static str; 0],
 }
 
@@ -64,8 +70,12 @@ impl<'a> Metadata<'a> {
             issuer,
             token_endpoint: format!("{base}/oauth2/token"),
             jwks_uri: format!("{base}/oauth2/keys"),
+            revocation_endpoint: format!("{base}/oauth2/revoke"),
+            introspection_endpoint: format!("{base}/oauth2/introspect"),
             grant_types_supported: Grant::ALL.map(Grant::name),
-            token_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post"],
+            token_endpoint_auth_methods_supported: AUTH_METHODS,
+            revocation_endpoint_auth_methods_supported: AUTH_METHODS,
+            introspection_endpoint_auth_methods_supported: AUTH_METHODS,
             response_types_supported: [],
         }
     }

@@ -18,6 +18,8 @@ pub struct Client {
     pub scopes: Vec<String>,
     pub audiences: Vec<String>,
     pub lifetime: Duration,
+    /// May revoke tokens issued to other clients.
+    pub revoke_any: bool,
 }
 
 impl Client {
@@ -93,6 +95,7 @@ impl Clients {
                     scopes: entry.scopes.clone(),
                     audiences: entry.audiences.clone(),
                     lifetime: endpoint.lifetime_of(entry),
+                    revoke_any: entry.revoke_any,
                 }),
             );
         }

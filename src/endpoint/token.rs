@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -56,6 +57,7 @@ pub struct ReuseCache {
 #[derive(Clone)]
 struct Cached {
     token: std::sync::Arc<str>,
+    jti: String,
     exp: i64,
 }
 
@@ -117,20 +119,8 @@ pub async fn handle(state: &State, request: Request) -> Response {
 /// The grant (for the metric label; `None` before one is known) and the answer.
 async fn respond(state: &State, request: Request) -> (Option<Grant>, Result<Answer, OAuthError>) {
     let (parts, body) = request.into_parts();
-    let body_timeout = state.config.connections.body_timeout;
-    let read = read_params(&parts.method, &parts.headers, body);
-    let read = match tokio::time::timeout(body_timeout, read).await {
-        Ok(read) => read,
-        Err(_) => {
-            state.metrics.timeout("body");
-            Err(OAuthError::new(
-                ErrorKind::RequestTimeout,
-                "the request body did not arrive in time",
-            ))
-        }
-    };
-    let params = match read {
-        Ok(params) => params.normalized(),
+    let params = match read_body(state, &parts, body).await {
+        Ok(params) => params,
         Err(error) => return (None, Err(error)),
     };
     let grant = match params.grant_type.as_deref() {
@@ -163,31 +153,15 @@ async fn respond(state: &State, request: Request) -> (Option<Grant>, Result<Answ
         }
     };
     let result = async {
-        let authorization = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
         if let Some(assertion) = workload::assertion_of(
             &params,
             grant == Grant::ClientCredentials,
-            authorization.is_some(),
+            parts.headers.contains_key(header::AUTHORIZATION),
             &state.issuer.bootstrap().client_id,
         )? {
             return workload_identity(state, assertion, &params).await;
         }
-        let credentials = Credentials::extract(
-            authorization,
-            params.client_id.as_deref(),
-            params.client_secret.as_deref(),
-        )?;
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip());
-        let client = state
-            .guard
-            .authenticate(&state.clients, credentials, peer, &state.metrics)
-            .await?;
+        let client = authenticate(state, &parts, &params).await?;
         let client = client.as_ref();
         if !client.allows(grant) {
             return Err(OAuthError::new(
@@ -206,6 +180,50 @@ async fn respond(state: &State, request: Request) -> (Option<Grant>, Result<Answ
     }
     .await;
     (Some(grant), result)
+}
+
+/// The client the request authenticates as (RFC 6749 §2.3.1), throttled by the guard.
+pub(super) async fn authenticate(
+    state: &State,
+    parts: &Parts,
+    params: &Params,
+) -> Result<Arc<Client>, OAuthError> {
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let credentials = Credentials::extract(
+        authorization,
+        params.client_id.as_deref(),
+        params.client_secret.as_deref(),
+    )?;
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    state
+        .guard
+        .authenticate(&state.clients, credentials, peer, &state.metrics)
+        .await
+}
+
+/// The body's parameters, within the body timeout and [`MAX_BODY`].
+pub(super) async fn read_body(
+    state: &State,
+    parts: &Parts,
+    body: Body,
+) -> Result<Params, OAuthError> {
+    let read = read_params(&parts.method, &parts.headers, body);
+    match tokio::time::timeout(state.config.connections.body_timeout, read).await {
+        Ok(read) => read.map(Params::normalized),
+        Err(_) => {
+            state.metrics.timeout("body");
+            Err(OAuthError::new(
+                ErrorKind::RequestTimeout,
+                "the request body did not arrive in time",
+            ))
+        }
+    }
 }
 
 async fn read_params(
@@ -283,6 +301,8 @@ async fn client_credentials(
             state
                 .reuse
                 .get(key, now, state.config.reuse_min_remaining(client.lifetime))
+        // A revoked token is never handed out again: a new one is signed instead.
+        && !state.issuer.revocations().is_revoked(&cached.jti, now)
     {
         return Ok(Answer {
             token: cached.token,
@@ -311,6 +331,7 @@ async fn client_credentials(
             key,
             Cached {
                 token: token.clone(),
+                jti: issued.claims.jti.clone(),
                 exp: issued.claims.exp,
             },
             now,
@@ -509,6 +530,7 @@ mod tests {
             key.clone(),
             Cached {
                 token: "t".into(),
+                jti: "j".into(),
                 exp: 1_000,
             },
             400,

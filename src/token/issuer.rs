@@ -16,6 +16,7 @@ use super::{Claims, KeySet, NOT_BEFORE_SKEW_SECS, SignError, TOKEN_VERSION, Veri
 use super::{VerifyError, VersionClaim, new_jti};
 use crate::duration;
 use crate::policy::{self, PolicyRule};
+use crate::revocation::Revocations;
 
 /// What every token carries whoever asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +146,8 @@ pub struct Issuer {
     policy: Vec<PolicyRule>,
     keys: Arc<KeyProvider>,
     issued: Family<IssuedLabels, Counter>,
+    /// The revoked tokens: every verification consults them.
+    revocations: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -175,7 +178,18 @@ impl Issuer {
             policy,
             keys,
             issued,
+            revocations: Arc::default(),
         }
+    }
+
+    /// Checks tokens against `revocations` (by default an empty list held in memory).
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     pub fn profile(&self) -> &TokenProfile {
@@ -300,14 +314,25 @@ impl Issuer {
         })
     }
 
-    /// Whether `token` was signed by one of our keys; expiry and audience are the caller's.
-    pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
+    /// Whether `token` was signed by one of our keys and is not revoked at `now`; expiry and
+    /// audience are the caller's.
+    pub async fn verify(&self, token: &str, now: i64) -> Result<VerifiedToken, VerifyError> {
         let keys = self
             .keys
             .get()
             .await
             .map_err(|e| VerifyError::KeysUnavailable(e.to_string()))?;
-        keys.verify(token)
+        let verified = keys.verify(token)?;
+        self.check_revoked(&verified, now)?;
+        Ok(verified)
+    }
+
+    /// The revocation half of [`Issuer::verify`], for callers that hold the key set already.
+    pub fn check_revoked(&self, verified: &VerifiedToken, now: i64) -> Result<(), VerifyError> {
+        if self.revocations.is_revoked(&verified.claims.jti, now) {
+            return Err(VerifyError::Revoked);
+        }
+        Ok(())
     }
 }
 
@@ -413,7 +438,7 @@ mod tests {
         assert_eq!(keys_of(&bootstrap.token)[..layout.len()], layout);
         assert_eq!(keys_of(&bootstrap.token).last().unwrap(), "sid");
         for issued in [&bootstrap, &access] {
-            let verified = issuer.verify(&issued.token).await.unwrap();
+            let verified = issuer.verify(&issued.token, now).await.unwrap();
             assert_eq!(verified.claims, issued.claims);
             assert_eq!(verified.kid, issued.kid);
         }

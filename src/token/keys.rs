@@ -97,6 +97,8 @@ pub enum VerifyError {
     Invalid(String),
     #[error("signing keys unavailable: {0}")]
     KeysUnavailable(String),
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 impl KeySet {

@@ -45,7 +45,7 @@ pub enum KmsError {
 /// Where the active key lives and how to reach it; [`KmsSource::load`] makes the key set.
 #[derive(Clone)]
 pub struct KmsSource {
-    kid: String,
+    kid: Option<String>,
     config: KmsConfig,
     /// `None`: the standard AWS chain (environment, web identity/IRSA, profile, instance role).
     credentials: Option<SharedCredentialsProvider>,
@@ -61,10 +61,11 @@ impl std::fmt::Debug for KmsSource {
 }
 
 impl KmsSource {
-    /// The key `config` names, signing under `kid`, with credentials from the standard chain.
-    pub fn new(kid: &str, config: KmsConfig) -> Self {
+    /// The key `config` names, signing under `kid` (its RFC 7638 thumbprint when `None`), with
+    /// credentials from the standard chain.
+    pub fn new(kid: Option<&str>, config: KmsConfig) -> Self {
         KmsSource {
-            kid: kid.to_string(),
+            kid: kid.map(str::to_string),
             config,
             credentials: None,
         }
@@ -87,7 +88,7 @@ impl KmsSource {
             loader = loader.credentials_provider(credentials.clone());
         }
         let client = aws_sdk_kms::Client::new(&loader.load().await);
-        KmsKey::load(&self.kid, &self.config.key_id, client).await
+        KmsKey::load(self.kid.as_deref(), &self.config.key_id, client).await
     }
 
     /// The key set of this one key.
@@ -118,7 +119,7 @@ impl std::fmt::Debug for KmsKey {
 impl KmsKey {
     /// `GetPublicKey`, and checks that the key is RSA, for signing, with RS256's algorithm.
     pub async fn load(
-        kid: &str,
+        kid: Option<&str>,
         key_id: &str,
         client: aws_sdk_kms::Client,
     ) -> Result<Self, KmsError> {
@@ -169,19 +170,21 @@ impl KmsKey {
             .map_err(|_| unsuitable("its public key is not an RSA SubjectPublicKeyInfo".into()))?;
         let components = PublicKeyComponents::<Vec<u8>>::from(&public);
         let modulus_len = components.n.iter().skip_while(|&&b| b == 0).count();
+        let public = RsaPublicKey {
+            n: components.n,
+            e: components.e,
+        };
+        let kid = kid.map_or_else(|| public.thumbprint(), str::to_string);
         tracing::info!(
-            kid,
+            %kid,
             key_id,
             bits = modulus_len * 8,
             "loaded the KMS signing key"
         );
         Ok(KmsKey {
-            kid: kid.to_string(),
+            kid,
             key_id: key_id.to_string(),
-            public: RsaPublicKey {
-                n: components.n,
-                e: components.e,
-            },
+            public,
             modulus_len,
             client,
         })

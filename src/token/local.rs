@@ -63,6 +63,12 @@ impl LocalKey {
         Ok(Self::new(kid, pair))
     }
 
+    /// The same key under `kid`, or under its RFC 7638 thumbprint when `kid` is `None`.
+    pub fn named(mut self, kid: Option<&str>) -> Self {
+        self.kid = kid.map_or_else(|| self.public.thumbprint(), str::to_string);
+        self
+    }
+
     pub fn generate(kid: &str) -> Result<Self, KeyError> {
         let pair = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| KeyError::Generation)?;
         Ok(Self::new(kid, pair))

@@ -35,6 +35,22 @@ impl RsaPublicKey {
         })
     }
 
+    /// The RFC 7638 JWK thumbprint: base64url SHA-256 of `{"e":…,"kty":"RSA","n":…}`, the
+    /// required members in lexicographic order, integers without leading zero bytes.
+    pub fn thumbprint(&self) -> String {
+        let minimal = |bytes: &[u8]| {
+            let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+            URL_SAFE_NO_PAD.encode(&bytes[first..])
+        };
+        let canonical = format!(
+            r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+            minimal(&self.e),
+            minimal(&self.n)
+        );
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+        URL_SAFE_NO_PAD.encode(digest.as_ref())
+    }
+
     /// PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`, the bytes
     /// an X.509 SubjectPublicKeyInfo wraps.
     pub fn pkcs1_der(&self) -> Vec<u8> {
@@ -89,6 +105,25 @@ pub trait Signer: Send + Sync + std::fmt::Debug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 7638 §3.1's example key and thumbprint.
+    #[test]
+    fn thumbprint_of_the_rfc_7638_example() {
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let key = RsaPublicKey {
+            n: URL_SAFE_NO_PAD.decode(n).unwrap(),
+            e: vec![0x01, 0x00, 0x01],
+        };
+        assert_eq!(
+            key.thumbprint(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+        let padded = RsaPublicKey {
+            n: [&[0u8][..], &key.n].concat(),
+            e: key.e.clone(),
+        };
+        assert_eq!(padded.thumbprint(), key.thumbprint());
+    }
 
     #[test]
     fn pkcs1_der_encodes_integers_minimally_and_unsigned() {

@@ -5,9 +5,11 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SigningConfig {
-    /// `kid` of the active key, in every token header.
-    #[serde(default = "default_kid")]
-    pub kid: String,
+    /// `kid` of the active key, in every token header; by default the key's RFC 7638
+    /// thumbprint. light-4j services that still map `100` to light-oauth2's certificate need
+    /// either `100` here or their `security.yml` pointed at the JWKS (README).
+    #[serde(default)]
+    pub kid: Option<String>,
     /// Secret (in the operator's namespace) holding the active key; created when absent.
     /// Not used when `kms` is set.
     #[serde(default = "default_key_secret")]
@@ -60,12 +62,20 @@ impl KmsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PreviousKey {
-    pub kid: String,
+    /// Its `kid`; by default its RFC 7638 thumbprint.
+    #[serde(default)]
+    pub kid: Option<String>,
     pub key_secret: String,
 }
 
-fn default_kid() -> String {
-    "100".into()
+/// What messages call a kid that is the key's thumbprint, before the key is known.
+pub const THUMBPRINT_KID: &str = "(the key's RFC 7638 thumbprint)";
+
+impl SigningConfig {
+    /// The configured kid, or what messages call the thumbprint.
+    pub fn kid_label(&self) -> &str {
+        self.kid.as_deref().unwrap_or(THUMBPRINT_KID)
+    }
 }
 
 fn default_key_secret() -> String {
@@ -75,7 +85,7 @@ fn default_key_secret() -> String {
 impl Default for SigningConfig {
     fn default() -> Self {
         SigningConfig {
-            kid: default_kid(),
+            kid: None,
             key_secret: default_key_secret(),
             previous_keys: Vec::new(),
             kms: None,

@@ -9,9 +9,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::SigningConfig;
 use super::kms::{KmsError, KmsSource};
+use super::signing::THUMBPRINT_KID;
 use super::{KeyError, KeySet, LocalKey};
+use super::{Signer, SigningConfig};
 use crate::resource::BootstrapToken;
 
 /// The Secret data key that holds the PEM private key.
@@ -69,31 +70,39 @@ async fn load_or_create(
     watched: &[String],
 ) -> Result<Loaded, StoreError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let active = match read(&secrets, namespace, &signing.key_secret, &signing.kid).await? {
-        Some(key) => key,
-        None => {
-            let referencing = tokens_signed_with(&client, watched, &signing.kid).await?;
-            if referencing > 0 {
-                return Err(StoreError::KeyLost {
-                    namespace: namespace.into(),
-                    name: signing.key_secret.clone(),
-                    kid: signing.kid.clone(),
-                    referencing,
-                });
-            }
-            create(&secrets, namespace, &signing.key_secret, &signing.kid).await?
-        }
-    };
     let mut previous = Vec::new();
     for old in &signing.previous_keys {
-        match read(&secrets, namespace, &old.key_secret, &old.kid).await? {
+        match read(&secrets, namespace, &old.key_secret, old.kid.as_deref()).await? {
             Some((key, _)) => previous.push(key),
             None => tracing::warn!(
-                secret = %old.key_secret, kid = %old.kid,
+                secret = %old.key_secret, kid = ?old.kid,
                 "previous signing key Secret not found; tokens it signed no longer verify"
             ),
         }
     }
+    let kid = signing.kid.as_deref();
+    let active = match read(&secrets, namespace, &signing.key_secret, kid).await? {
+        Some(key) => key,
+        None => {
+            // A thumbprint kid is unknown until the key exists: then every token signed by a key
+            // that is not a previous one was signed by the lost key.
+            let lost = |held: &str| match kid {
+                Some(kid) => held == kid,
+                None => !previous.iter().any(|key| key.kid() == held),
+            };
+            let referencing =
+                tokens_signed_with(&client, watched, lost, signing.kid_label()).await?;
+            if referencing > 0 {
+                return Err(StoreError::KeyLost {
+                    namespace: namespace.into(),
+                    name: signing.key_secret.clone(),
+                    kid: signing.kid_label().into(),
+                    referencing,
+                });
+            }
+            create(&secrets, namespace, &signing.key_secret, kid).await?
+        }
+    };
     let (active, active_pem) = active;
     Ok(Loaded {
         keys: KeySet::new(active, previous),
@@ -102,10 +111,11 @@ async fn load_or_create(
 }
 
 /// How many BootstrapTokens in `watched` (all namespaces when empty) say their token was signed
-/// with `kid`.
+/// with a kid `lost` matches; `kid` names them in messages.
 async fn tokens_signed_with(
     client: &Client,
     watched: &[String],
+    lost: impl Fn(&str) -> bool,
     kid: &str,
 ) -> Result<usize, StoreError> {
     let apis: Vec<Api<BootstrapToken>> = if watched.is_empty() {
@@ -135,7 +145,7 @@ async fn tokens_signed_with(
                     bt.status
                         .as_ref()
                         .and_then(|status| status.key_id.as_deref())
-                        == Some(kid)
+                        .is_some_and(&lost)
                 })
                 .count();
             match page.metadata.continue_.filter(|token| !token.is_empty()) {
@@ -151,7 +161,7 @@ async fn read(
     secrets: &Api<Secret>,
     namespace: &str,
     name: &str,
-    kid: &str,
+    kid: Option<&str>,
 ) -> Result<Option<(LocalKey, Vec<u8>)>, StoreError> {
     let secret = secrets
         .get_opt(name)
@@ -172,8 +182,8 @@ async fn read(
             namespace: namespace.into(),
             name: name.into(),
         })?;
-    LocalKey::from_pem(kid, &pem.0)
-        .map(|key| Some((key, pem.0.clone())))
+    LocalKey::from_pem(kid.unwrap_or(THUMBPRINT_KID), &pem.0)
+        .map(|key| Some((key.named(kid), pem.0.clone())))
         .map_err(|source| StoreError::Key {
             namespace: namespace.into(),
             name: name.into(),
@@ -186,21 +196,23 @@ async fn create(
     secrets: &Api<Secret>,
     namespace: &str,
     name: &str,
-    kid: &str,
+    kid: Option<&str>,
 ) -> Result<(LocalKey, Vec<u8>), StoreError> {
     let key_error = |source| StoreError::Key {
         namespace: namespace.into(),
         name: name.into(),
         source,
     };
-    let generated = LocalKey::generate(kid).map_err(key_error)?;
+    let generated = LocalKey::generate(kid.unwrap_or(THUMBPRINT_KID))
+        .map_err(key_error)?
+        .named(kid);
     let pem = generated.to_pkcs8_pem().map_err(key_error)?.into_bytes();
     match secrets
         .create(&PostParams::default(), &key_secret(name, &pem))
         .await
     {
         Ok(_) => {
-            tracing::info!(secret = %name, kid, "created signing key Secret");
+            tracing::info!(secret = %name, kid = %generated.kid(), "created signing key Secret");
             Ok((generated, pem))
         }
         Err(kube::Error::Api(status)) if status.code == 409 => read(secrets, namespace, name, kid)
@@ -299,7 +311,7 @@ impl KeyProvider {
     /// `namespace` (BootstrapTokens are looked for in every namespace; see [`Self::watching`]).
     pub fn new(client: Client, namespace: &str, signing: SigningConfig) -> Self {
         match &signing.kms {
-            Some(kms) => Self::from_kms(KmsSource::new(&signing.kid, kms.clone())),
+            Some(kms) => Self::from_kms(KmsSource::new(signing.kid.as_deref(), kms.clone())),
             None => Self::with_source(Source::Secret(SecretSource {
                 client,
                 namespace: namespace.to_string(),
@@ -393,7 +405,7 @@ impl KeyProvider {
                     return Err(StoreError::KeyLost {
                         namespace: source.namespace.clone(),
                         name: source.signing.key_secret.clone(),
-                        kid: source.signing.kid.clone(),
+                        kid: source.signing.kid_label().into(),
                         referencing,
                     });
                 }
@@ -446,7 +458,7 @@ impl KeyProvider {
                 client: &source.client,
                 namespace: &source.namespace,
                 name: &source.signing.key_secret,
-                kid: &source.signing.kid,
+                kid: source.signing.kid_label(),
             }),
             Source::Kms(_) | Source::Ready(_) => None,
         }

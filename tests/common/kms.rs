@@ -88,6 +88,6 @@ impl Kms {
 
     /// The operator's source for `key_id`, signing as `kid`.
     pub fn source(&self, kid: &str, key_id: &str) -> KmsSource {
-        KmsSource::new(kid, self.config(key_id)).with_credentials(credentials())
+        KmsSource::new(Some(kid), self.config(key_id)).with_credentials(credentials())
     }
 }

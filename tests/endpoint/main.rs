@@ -14,6 +14,7 @@ mod limits;
 mod local_kms;
 mod props;
 mod reuse;
+mod revocation;
 mod seeds;
 #[path = "../common/signer.rs"]
 mod signer;

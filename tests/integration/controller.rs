@@ -14,7 +14,12 @@ use testenv::TestEnv;
 use crate::signer::SwitchableSigner;
 use crate::support::*;
 
+/// The seed's shape, kid `100` included (set explicitly: by default the kid is the key's
+/// thumbprint).
+/// (`bootstrap:` last: tests append to it.)
 const CONFIG: &str = r#"
+signing:
+  kid: "100"
 bootstrap:
   scope: ["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2"]
 "#;

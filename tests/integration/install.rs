@@ -329,7 +329,9 @@ async fn operator_issues_tokens_under_the_charts_service_account() {
         .await
         .expect("key Secret in the release namespace");
     let keys = KeySet::new(
-        LocalKey::from_pem("100", &key.data.unwrap()["key.pem"].0).unwrap(),
+        LocalKey::from_pem("100", &key.data.unwrap()["key.pem"].0)
+            .unwrap()
+            .named(None),
         vec![],
     );
     let token = token_of(

@@ -12,6 +12,7 @@ mod kms;
 mod local_kms;
 mod operations;
 mod process;
+mod revocation;
 mod shim;
 #[path = "../common/signer.rs"]
 mod signer;

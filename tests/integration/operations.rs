@@ -196,7 +196,7 @@ async fn racing_replicas_share_one_signing_key() {
         .await
         .expect("one key Secret");
     let pem = &key_secret.data.as_ref().unwrap()["key.pem"].0;
-    let keys = KeySet::new(LocalKey::from_pem("100", pem).unwrap(), vec![]);
+    let keys = KeySet::new(LocalKey::from_pem("100", pem).unwrap().named(None), vec![]);
 
     // Whoever leads signs with the stored key; then the other one takes over and does the same.
     apply_bt(&ns, bt_manifest("first", json!({"serviceId": "svc-first"}))).await;
@@ -354,7 +354,7 @@ async fn a_deleted_signing_key_secret_is_restored_from_memory() {
     wait_ready(&ns, "a").await;
     let original = secret(&ns, KEY_SECRET).await.expect("key Secret");
     let pem = key_pem(&original);
-    let keys = KeySet::new(LocalKey::from_pem("100", &pem).unwrap(), vec![]);
+    let keys = KeySet::new(LocalKey::from_pem("100", &pem).unwrap().named(None), vec![]);
 
     let secrets: Api<Secret> = Api::namespaced(admin().await, &ns);
     secrets
@@ -457,7 +457,7 @@ async fn a_lost_signing_key_is_reported_and_never_silently_replaced() {
     // The decision, as the README documents it: a key from `openssl genrsa`, stored with
     // `kubectl create secret generic <keySecret> --from-file=key.pem`.
     let pem = include_bytes!("../fixtures/pkcs1-test-key.pem");
-    let new_keys = KeySet::new(LocalKey::from_pem("100", pem).unwrap(), vec![]);
+    let new_keys = KeySet::new(LocalKey::from_pem("100", pem).unwrap().named(None), vec![]);
     let mut decided = Secret::default();
     decided.metadata.name = Some(KEY_SECRET.into());
     decided.data = Some([("key.pem".to_string(), k8s_openapi::ByteString(pem.to_vec()))].into());

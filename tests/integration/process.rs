@@ -78,8 +78,14 @@ impl OperatorProcess {
                 "--admin-addr",
                 &admin_addr.to_string(),
             ])
-            // Tests and benchmarks run several operators at once: no fixed endpoint port.
-            .args(["--endpoint-addr", "127.0.0.1:0"])
+            // Tests and benchmarks run several operators at once: no fixed endpoint port,
+            // unless the test chose one.
+            .args(
+                (!extra_args.contains(&"--endpoint-addr"))
+                    .then_some(["--endpoint-addr", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")

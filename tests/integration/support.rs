@@ -74,6 +74,7 @@ impl Operator {
         let core = Arc::new(Core::new(
             client,
             config,
+            namespaces[0],
             Arc::new(keys),
             None,
             &mut Registry::default(),
@@ -83,7 +84,12 @@ impl Operator {
         let namespaces: Vec<String> = namespaces.iter().map(|ns| ns.to_string()).collect();
         let task = tokio::spawn({
             let core = core.clone();
-            async move { core.reconcile(&namespaces, shutdown).await }
+            async move {
+                futures::join!(
+                    core.watch_revocations(shutdown.clone()),
+                    core.reconcile(&namespaces, shutdown)
+                );
+            }
         });
         let ctx = core.ctx.clone();
         Operator {

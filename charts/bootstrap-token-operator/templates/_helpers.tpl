@@ -58,4 +58,7 @@ deletion is undone, with events on it) and its leader Lease, which it may hold n
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["get", "create", "patch"]
+- apiGroups: ["bootstraptoken.dev"]
+  resources: ["revokedtokens"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end -}}
