@@ -44,6 +44,8 @@ manifests: tools
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) > deploy/install.yaml
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/clusterrole.yaml > deploy/rbac/clusterrole.yaml
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/roles.yaml > deploy/rbac/roles.yaml
+	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/tokenreview.yaml \
+	  --set config.endpoint.workloadIdentity.enabled=true > deploy/rbac/tokenreview.yaml
 
 ## image: the release image localhost/bootstrap-token-operator:dev, built offline: a static musl
 ## release binary on an empty base, with podman (docker when podman is absent). Unchanged binary,
@@ -67,14 +69,16 @@ run: control-plane
 	  env -u KUBECONFIG target/debug/local-cluster -- bash tests/run-demo.sh; \
 	fi
 
-## bench: the operator against the local control plane, and the token endpoint under wrk (signing
-## locally, and through local-kms); every result is a ratio against a baseline measured in the
+## bench: the operator against the local control plane, the token endpoint under wrk (signing
+## locally, and through local-kms), and workload-identity exchanges (TokenReview through the local
+## control plane, with and without the review cache); every result is a ratio against a baseline measured in the
 ## same run (benches/RESULTS.md).
 bench: control-plane kms
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(CARGO) bench --bench endpoint
 	$(CARGO) bench --bench introspect
 	$(CARGO) bench --bench operator
+	$(CARGO) bench --bench workload_identity
 
 fmt:
 	$(CARGO) fmt --all

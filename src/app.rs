@@ -314,12 +314,21 @@ impl RunArgs {
             let token_endpoint = async {
                 match endpoint {
                     // Every replica serves the endpoint, leader or not.
-                    Some((state, listener)) => endpoint::serve(state, listener, shutdown.clone())
-                        .await
-                        .map_err(|source| AppError::Serve {
+                    Some((state, listener)) => {
+                        let mappings = state.watch_mappings(
+                            client.clone(),
+                            &watch_namespaces,
+                            shutdown.clone(),
+                        );
+                        let (served, ()) = tokio::join!(
+                            endpoint::serve(state.clone(), listener, shutdown.clone()),
+                            mappings
+                        );
+                        served.map_err(|source| AppError::Serve {
                             what: "token endpoint",
                             source,
-                        }),
+                        })
+                    }
                     None => Ok(()),
                 }
             };

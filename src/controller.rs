@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -18,6 +18,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+
+mod record;
+
+use record::{Cached, CachedSecret, Lookup, OwnWrites};
 
 use crate::backoff::Backoff;
 use crate::duration;
@@ -46,6 +50,8 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 const MAX_CONCURRENT_RECONCILES: u16 = 16;
 /// A foreign Secret is not watched, so look again now and then to see whether it went away.
 const CONFLICT_REQUEUE: Duration = Duration::from_secs(60);
+/// How long a reconcile waits for the owned-Secret cache's first list before reading instead.
+const CACHE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -79,6 +85,7 @@ impl From<StoreError> for Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Issued,
+    WorkloadIdentityOnly,
     InvalidSpec,
     SecretConflict,
     Forbidden,
@@ -91,6 +98,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Issued => "Issued",
+            Reason::WorkloadIdentityOnly => "WorkloadIdentityOnly",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::SecretConflict => "SecretConflict",
             Reason::Forbidden => "Forbidden",
@@ -111,7 +119,9 @@ pub struct Context {
     /// see which namespace holds a service id.
     tokens: std::sync::RwLock<Vec<Store<BootstrapToken>>>,
     /// The metadata of the Secrets the operator manages, from the same controllers' watches.
-    owned_secrets: std::sync::RwLock<Vec<Store<PartialObjectMeta<Secret>>>>,
+    owned_secrets: std::sync::RwLock<Vec<Store<CachedSecret>>>,
+    own_writes: OwnWrites,
+    cache_late: std::sync::atomic::AtomicBool,
     /// Spreads re-issues onto a rotated key over time.
     rotation_pace: std::sync::Mutex<Pace>,
     /// Milliseconds between two of them.
@@ -133,6 +143,8 @@ impl Context {
             failures: Backoff::default(),
             tokens: Default::default(),
             owned_secrets: Default::default(),
+            own_writes: OwnWrites::default(),
+            cache_late: Default::default(),
             rotation_pace: Default::default(),
             rotation_interval_ms: 1000,
         }
@@ -182,27 +194,61 @@ impl Context {
         stores
             .iter()
             .find_map(|store| store.get(&key))
-            .map(|secret| secret.metadata.clone())
+            .map(|secret| secret.metadata())
     }
 
-    /// The namespace that holds `bt`'s service id before it, if another does: the earliest
-    /// BootstrapToken with that id (by creation time, then namespace) keeps it.
+    /// The Secret as the owned-Secret cache sees it, once the cache has listed them all (a
+    /// reconcile right after start waits for that, up to [`CACHE_WAIT`]).
+    async fn secret_in_cache(&self, namespace: &str, name: &str) -> Cached {
+        let stores = self
+            .owned_secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let ready = futures::future::join_all(stores.iter().map(Store::wait_until_ready));
+        // A cache that once failed to list in time (no RBAC to, say) must not hold up every
+        // reconcile: after that, it is used only once it is ready.
+        let wait = if self.cache_late.load(std::sync::atomic::Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            CACHE_WAIT
+        };
+        match tokio::time::timeout(wait, ready).await {
+            Ok(results) if !stores.is_empty() && results.iter().all(Result::is_ok) => {
+                match self.cached_secret(namespace, name) {
+                    Some(metadata) => Cached::Found(Box::new(metadata)),
+                    None => Cached::Absent,
+                }
+            }
+            Err(_) => {
+                self.cache_late
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Cached::Unknown
+            }
+            _ => Cached::Unknown,
+        }
+    }
+
+    /// The namespace that holds `bt`'s service id before it, if another does.
     fn held_elsewhere(&self, bt: &BootstrapToken) -> Option<String> {
-        let namespace = bt.namespace();
-        let key = |b: &BootstrapToken| (b.creation_timestamp(), b.namespace(), b.name_any());
-        let mine = key(bt);
         let stores = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         stores.iter().find_map(|store| {
             store
-                .find(|other| {
-                    other.spec.service_id == bt.spec.service_id
-                        && other.namespace() != namespace
-                        && other.metadata.deletion_timestamp.is_none()
-                        && key(other) < mine
-                })
+                .find(|other| holds_before(other, bt))
                 .and_then(|holder| holder.namespace())
         })
     }
+}
+
+/// Whether `other`, in another namespace, holds `bt`'s service id before it: the earliest
+/// BootstrapToken with that id (by creation time, then namespace) keeps it. The token endpoint
+/// applies the same rule to workload identities.
+pub fn holds_before(other: &BootstrapToken, bt: &BootstrapToken) -> bool {
+    let key = |b: &BootstrapToken| (b.creation_timestamp(), b.namespace(), b.name_any());
+    other.spec.service_id == bt.spec.service_id
+        && other.namespace() != bt.namespace()
+        && other.metadata.deletion_timestamp.is_none()
+        && key(other) < key(bt)
 }
 
 /// An input of the token that, when it no longer matches the token in the Secret, forces a new one.
@@ -346,7 +392,8 @@ pub struct Terms {
 /// The token in the Secret, verified and still right for the object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kept {
-    pub token: String,
+    /// `None`: not read, the Secret's cached metadata and the status prove which token it holds.
+    pub token: Option<String>,
     pub claims: Claims,
     pub kid: String,
 }
@@ -359,6 +406,8 @@ pub enum Decision {
     /// A new token is due, but the last one was issued less than `minReissueInterval` ago: look
     /// again after this long, changing nothing meanwhile.
     Wait(Duration, IssueReason),
+    /// `spec.storeToken: false`: no token is kept; a Secret kept before is deleted.
+    NoSecret,
 }
 
 /// What [`decide`] reads besides the object and its Secret.
@@ -378,7 +427,9 @@ pub fn decide(bt: &BootstrapToken, existing: Option<&Secret>, world: &World) -> 
         Ok(terms) => terms,
         Err(why) => return Decision::NotReady(NotReady::InvalidSpec(why)),
     };
+    // Without a stored token the Secret's name is not used, so a foreign Secret there is no conflict.
     if let Some(secret) = existing
+        && bt.spec.store_token
         && !controlled_by(&secret.metadata, bt)
     {
         return Decision::NotReady(NotReady::SecretConflict(bt.secret_name()));
@@ -398,6 +449,9 @@ pub fn decide(bt: &BootstrapToken, existing: Option<&Secret>, world: &World) -> 
             sid: sid.clone(),
             holder: holder.to_string(),
         });
+    }
+    if !bt.spec.store_token {
+        return Decision::NoSecret;
     }
     let reason = match reusable(bt, issuer, terms, existing, world.keys, world.now) {
         Ok(kept) => return Decision::Keep(terms, Box::new(kept)),
@@ -471,16 +525,30 @@ fn reusable(
     keys: &KeySet,
     now: i64,
 ) -> Result<Kept, IssueReason> {
-    let token = secret
-        .and_then(|s| s.data.as_ref()?.get(TOKEN_KEY))
-        .ok_or(IssueReason::SecretMissing)?;
-    let token =
-        std::str::from_utf8(&token.0).map_err(|_| IssueReason::TokenInvalid("not UTF-8".into()))?;
-    let verified = keys
-        .verify(token)
-        .and_then(|verified| issuer.check_revoked(&verified, now).map(|()| verified))
-        .map_err(|e| IssueReason::TokenInvalid(e.to_string()))?;
-    let claims = verified.claims;
+    let (token, claims, kid) = match secret.map(|s| (s, s.data.as_ref())) {
+        None => return Err(IssueReason::SecretMissing),
+        Some((_, Some(data))) => {
+            let token = data.get(TOKEN_KEY).ok_or(IssueReason::SecretMissing)?;
+            let token = std::str::from_utf8(&token.0)
+                .map_err(|_| IssueReason::TokenInvalid("not UTF-8".into()))?;
+            let verified = keys
+                .verify(token)
+                .and_then(|verified| issuer.check_revoked(&verified, now).map(|()| verified))
+                .map_err(|e| IssueReason::TokenInvalid(e.to_string()))?;
+            (Some(token.to_string()), verified.claims, verified.kid)
+        }
+        // Only the metadata was read: it names the token, or there is none.
+        Some((secret, None)) => {
+            let (claims, kid) = record::recorded(bt, &secret.metadata, issuer, keys)
+                .ok_or(IssueReason::SecretMissing)?;
+            if issuer.revocations().is_revoked(&claims.jti, now) {
+                return Err(IssueReason::TokenInvalid(
+                    crate::token::VerifyError::Revoked.to_string(),
+                ));
+            }
+            (None, claims, kid)
+        }
+    };
     let profile = issuer.profile();
     let bootstrap = issuer.bootstrap();
     let lifetime = i64::try_from(terms.lifetime.as_secs()).unwrap_or(i64::MAX);
@@ -518,14 +586,10 @@ fn reusable(
     if now >= renewal_time(claims.exp, terms.renew_before) {
         return Err(IssueReason::RenewalDue);
     }
-    if verified.kid != keys.active().kid() && !keys.is_upcoming(&verified.kid) {
+    if kid != keys.active().kid() && !keys.is_upcoming(&kid) {
         return Err(IssueReason::KeyRotated);
     }
-    Ok(Kept {
-        token: token.to_string(),
-        claims,
-        kid: verified.kid,
-    })
+    Ok(Kept { token, claims, kid })
 }
 
 fn renewal_time(exp: i64, renew_before: Duration) -> i64 {
@@ -543,6 +607,8 @@ enum Outcome {
         reason: Reason,
         message: String,
     },
+    /// Ready with no Secret (`spec.storeToken: false`).
+    NoSecret,
     /// Nothing was done; the status stays as it is.
     Unchanged,
 }
@@ -586,15 +652,48 @@ pub fn error_policy(bt: Arc<BootstrapToken>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
-/// Reads what [`decide`] needs, and carries its decision out.
+/// Reads what [`decide`] needs — from the caches when they can tell, else from the API server —
+/// and carries its decision out.
 async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), Error> {
     let namespace = bt.namespace().unwrap_or_default();
     let secret_name = bt.secret_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let existing = read_secret(ctx, bt, &secrets, &secret_name).await?;
     let keys = ctx.issuer.keys().await?;
     // Until the revoked tokens are listed, a revoked token in a Secret would look valid.
     ctx.issuer.revocations().wait_synced().await;
+    let cached = ctx.secret_in_cache(&namespace, &secret_name).await;
+    let existing = match record::lookup(bt, cached, &ctx.issuer, &keys) {
+        Lookup::Known(metadata) => Some(Secret {
+            metadata: *metadata,
+            ..Default::default()
+        }),
+        Lookup::Absent => None,
+        Lookup::Read => read_secret(ctx, bt, &secrets, &secret_name).await?,
+    };
+    if let Some(done) = carry_out(bt, ctx, &secrets, existing).await? {
+        return Ok(done);
+    }
+    // The cache could not tell after all: read the Secret and decide again. A Secret read in
+    // full always carries its data, so this carries out.
+    let existing = read_secret(ctx, bt, &secrets, &secret_name).await?;
+    Ok(carry_out(bt, ctx, &secrets, existing)
+        .await?
+        .unwrap_or((Outcome::Unchanged, Action::requeue(CONFLICT_REQUEUE))))
+}
+
+/// Decides on `existing` and carries the decision out; `None` when that needs the Secret read
+/// from the API server: a kept token not read whose Secret needs writing, or a Secret not seen
+/// that exists after all. A Secret not seen is only ever created, never overwritten.
+async fn carry_out(
+    bt: &BootstrapToken,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    existing: Option<Secret>,
+) -> Result<Option<(Outcome, Action)>, Error> {
+    let keys = ctx.issuer.keys().await?;
+    let create_only = existing.is_none();
+    let namespace = bt.namespace().unwrap_or_default();
+    let secret_name = bt.secret_name();
     let now = Timestamp::now().as_second();
     let held_elsewhere = ctx.held_elsewhere(bt);
     let world = World {
@@ -605,8 +704,11 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     };
     let (terms, kept, issued) = match decide(bt, existing.as_ref(), &world) {
         Decision::NotReady(not_ready) => {
+            // Ours only: with storeToken false a foreign Secret of that name is no conflict.
             if let NotReady::Forbidden { .. } = &not_ready
-                && existing.is_some()
+                && existing
+                    .as_ref()
+                    .is_some_and(|s| controlled_by(&s.metadata, bt))
             {
                 // A token the policy no longer allows must not stay mounted.
                 secrets
@@ -625,12 +727,16 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
                 reason: not_ready.reason(),
                 message: not_ready.message(),
             };
-            return Ok((outcome, action));
+            return Ok(Some((outcome, action)));
         }
         Decision::Keep(terms, kept) => (terms, *kept, None),
+        Decision::NoSecret => {
+            forget_secrets(bt, secrets, None, existing.as_ref()).await?;
+            return Ok(Some((Outcome::NoSecret, Action::await_change())));
+        }
         Decision::Wait(wait, reason) => {
             tracing::info!(%reason, ?wait, "a new token is due; waiting out bootstrap.minReissueInterval");
-            return Ok((Outcome::Unchanged, Action::requeue(wait)));
+            return Ok(Some((Outcome::Unchanged, Action::requeue(wait))));
         }
         Decision::Issue(_, IssueReason::KeyRotated)
             if let Err(wait) = ctx.pace_rotation(&ObjectRef::from(bt).to_string()) =>
@@ -639,7 +745,7 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
                 ?wait,
                 "moving to the new signing key after others, at signing.rotation.reissuePerMinute"
             );
-            return Ok((Outcome::Unchanged, Action::requeue(wait)));
+            return Ok(Some((Outcome::Unchanged, Action::requeue(wait))));
         }
         Decision::Issue(terms, reason) => {
             let issued = ctx
@@ -661,7 +767,7 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
                 ctx.issuer.revocations().revoke(&revocation).await?;
             }
             let kept = Kept {
-                token: issued.token,
+                token: Some(issued.token),
                 claims: issued.claims,
                 kid: issued.kid,
             };
@@ -670,21 +776,47 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     };
     let Kept { token, claims, kid } = kept;
 
-    let desired = desired_secret(bt, &secret_name, &token, &claims, &kid);
-    if issued.is_some()
-        || existing
-            .as_ref()
-            .is_none_or(|s| !secret_matches(s, &desired))
-    {
-        secrets
+    let digest = record::claims_digest(&ctx.issuer);
+    let desired = desired_secret(
+        bt,
+        &secret_name,
+        token.as_deref().unwrap_or_default(),
+        &claims,
+        &kid,
+        &digest,
+    );
+    let up_to_date = existing.as_ref().is_some_and(|s| match token {
+        Some(_) => secret_matches(s, &desired),
+        None => metadata_matches(&s.metadata, &desired.metadata),
+    });
+    if issued.is_some() || !up_to_date {
+        if token.is_none() {
+            return Ok(None);
+        }
+        let mut desired = desired;
+        if create_only {
+            desired.metadata.resource_version = Some(record::CREATE_ONLY.into());
+        }
+        ctx.own_writes
+            .writing(&namespace, &secret_name, &claims.jti);
+        let written = secrets
             .patch(
                 &secret_name,
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(&desired),
             )
-            .await?;
+            .await;
+        ctx.own_writes
+            .wrote(&namespace, &secret_name, written.as_ref().ok());
+        match written {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if create_only && status.is_conflict() => {
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
-    forget_renamed_secret(bt, &secrets, &secret_name).await?;
+    forget_secrets(bt, secrets, Some(&secret_name), None).await?;
     if let Some(reason) = issued {
         let first = bt
             .status
@@ -716,14 +848,14 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
             .max(1),
     )
     .min(MAX_REQUEUE);
-    Ok((
+    Ok(Some((
         Outcome::Ready {
             claims: Box::new(claims),
             kid,
             renewal,
         },
         Action::requeue(wait),
-    ))
+    )))
 }
 
 /// The revocation of the token the status names, now that `new_jti` replaces it. The status, not
@@ -781,39 +913,63 @@ async fn read_secret(
             metadata,
             ..Default::default()
         })),
-        Some(_) => Ok(secrets.get_opt(name).await?),
+        // `data` present, if empty: what was read is the whole Secret, not only its metadata.
+        Some(_) => Ok(secrets.get_opt(name).await?.map(|mut secret| {
+            secret.data.get_or_insert_default();
+            secret
+        })),
     }
 }
 
-/// After `spec.secretName` changed, the Secret named before still holds a live token that is no
-/// longer renewed or checked: delete it, if it is ours.
-async fn forget_renamed_secret(
+/// Secrets of `bt` that hold a live token no longer renewed or checked: the one the status names
+/// when `spec.secretName` changed (`keep` is the Secret now used), or, with no token kept
+/// (`keep` is `None`), that one and `existing`. Each is deleted if it is ours.
+async fn forget_secrets(
     bt: &BootstrapToken,
     secrets: &Api<Secret>,
-    secret_name: &str,
+    keep: Option<&str>,
+    existing: Option<&Secret>,
 ) -> Result<(), Error> {
-    let Some(previous) = bt
+    let previous = bt
         .status
         .as_ref()
         .and_then(|s| s.secret_name.as_deref())
-        .filter(|previous| *previous != secret_name)
-    else {
-        return Ok(());
-    };
+        .filter(|previous| Some(*previous) != keep);
     let metadata: Api<PartialObjectMeta<Secret>> = Api::namespaced(
         secrets.clone().into_client(),
         &bt.namespace().unwrap_or_default(),
     );
-    if let Some(old) = metadata.get_metadata_opt(previous).await?
+    if let Some(previous) = previous
+        && let Some(old) = metadata.get_metadata_opt(previous).await?
         && controlled_by(&old.metadata, bt)
     {
-        secrets.delete(previous, &DeleteParams::default()).await?;
+        delete_secret(secrets, previous).await?;
         tracing::info!(
             secret = previous,
-            "deleted the Secret spec.secretName no longer names"
+            "deleted a Secret this object no longer uses"
+        );
+    }
+    // Already read, so its ownership is known without another request.
+    if let Some(current) = existing.filter(|s| controlled_by(&s.metadata, bt))
+        && let Some(name) = current.metadata.name.as_deref()
+        && Some(name) != previous
+    {
+        delete_secret(secrets, name).await?;
+        tracing::info!(
+            secret = name,
+            "deleted the Secret: spec.storeToken is false"
         );
     }
     Ok(())
+}
+
+/// A Secret already gone (a stale cache, a concurrent deletion) is what was wanted.
+async fn delete_secret(secrets: &Api<Secret>, name: &str) -> Result<(), Error> {
+    match secrets.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn controlled_by(metadata: &ObjectMeta, bt: &BootstrapToken) -> bool {
@@ -830,6 +986,7 @@ fn desired_secret(
     token: &str,
     claims: &Claims,
     kid: &str,
+    claims_digest: &str,
 ) -> Secret {
     let template = bt.spec.secret_template.clone().unwrap_or_default();
     // Keys under the operator's prefix are the operator's alone: one copied from the template
@@ -844,6 +1001,7 @@ fn desired_secret(
     notes.insert(annotations::TOKEN_ID.into(), claims.jti.clone());
     notes.insert(annotations::KEY_ID.into(), kid.into());
     notes.insert(annotations::EXPIRES_AT.into(), rfc3339(claims.exp));
+    notes.insert(annotations::CLAIMS.into(), claims_digest.into());
     for key in [annotations::REISSUE, annotations::REVOKE] {
         if let Some(value) = annotation(bt, key) {
             notes.insert(key.into(), value.into());
@@ -872,6 +1030,14 @@ fn desired_secret(
 /// Whether the Secret already holds everything we would apply, and nothing we applied earlier
 /// that we no longer want (a label dropped from `secretTemplate`).
 fn secret_matches(existing: &Secret, desired: &Secret) -> bool {
+    let token = |s: &Secret| s.data.as_ref().and_then(|d| d.get(TOKEN_KEY)).cloned();
+    existing.type_ == desired.type_
+        && token(existing) == token(desired)
+        && metadata_matches(&existing.metadata, &desired.metadata)
+}
+
+/// [`secret_matches`] for the metadata alone.
+fn metadata_matches(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
     let contains = |have: Option<&BTreeMap<String, String>>,
                     want: Option<&BTreeMap<String, String>>| {
         let empty = BTreeMap::new();
@@ -885,27 +1051,17 @@ fn secret_matches(existing: &Secret, desired: &Secret) -> bool {
             .iter()
             .any(|key| want.is_none_or(|want| !want.contains_key(key)))
     };
-    let token = |s: &Secret| s.data.as_ref().and_then(|d| d.get(TOKEN_KEY)).cloned();
-    existing.type_ == desired.type_
-        && token(existing) == token(desired)
-        && contains(
-            existing.metadata.labels.as_ref(),
-            desired.metadata.labels.as_ref(),
-        )
-        && contains(
-            existing.metadata.annotations.as_ref(),
-            desired.metadata.annotations.as_ref(),
-        )
-        && !owned_but_unwanted("f:labels", desired.metadata.labels.as_ref())
-        && !owned_but_unwanted("f:annotations", desired.metadata.annotations.as_ref())
-        && existing.metadata.owner_references == desired.metadata.owner_references
-        && existing.finalizers().iter().any(|f| f == FINALIZER)
+    contains(existing.labels.as_ref(), desired.labels.as_ref())
+        && contains(existing.annotations.as_ref(), desired.annotations.as_ref())
+        && !owned_but_unwanted("f:labels", desired.labels.as_ref())
+        && !owned_but_unwanted("f:annotations", desired.annotations.as_ref())
+        && existing.owner_references == desired.owner_references
+        && existing.finalizers.iter().flatten().any(|f| f == FINALIZER)
 }
 
 /// The label or annotation keys our field manager applied, from `managedFields`.
-fn applied_keys(secret: &Secret, field: &str) -> Vec<String> {
-    secret
-        .metadata
+fn applied_keys(metadata: &ObjectMeta, field: &str) -> Vec<String> {
+    metadata
         .managed_fields
         .iter()
         .flatten()
@@ -965,6 +1121,16 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
                 ..Default::default()
             },
         ),
+        Outcome::NoSecret => (
+            "True",
+            Reason::WorkloadIdentityOnly.as_str(),
+            no_secret_message(bt),
+            BootstrapTokenStatus {
+                // Kept so that turning storeToken back on still honours minReissueInterval.
+                issued_at: previous.issued_at.clone(),
+                ..Default::default()
+            },
+        ),
         Outcome::NotReady { reason, message } => {
             ctx.metrics
                 .failures
@@ -1010,6 +1176,19 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
         publish(ctx, bt, EventType::Warning, reason, message).await;
     }
     Ok(())
+}
+
+fn no_secret_message(bt: &BootstrapToken) -> String {
+    let accounts = &bt.spec.service_accounts;
+    if accounts.is_empty() {
+        "spec.storeToken is false: no token is kept in a Secret, and no spec.serviceAccounts are listed to get one from the token endpoint".into()
+    } else {
+        format!(
+            "spec.storeToken is false: no token is kept in a Secret; ServiceAccounts {} get tokens for {} from the token endpoint",
+            accounts.join(", "),
+            bt.spec.service_id
+        )
+    }
 }
 
 /// Events are best effort: failing to record one must not fail the reconcile.
@@ -1076,13 +1255,20 @@ pub async fn run(
             secret_stores.push(secret_store);
             let owned_secrets = watcher(secrets, owned.clone())
                 .backoff(crate::backoff::watch())
-                .modify(|secret: &mut PartialObjectMeta<Secret>| {
-                    secret.managed_fields_mut().clear();
+                .map_ok(CachedSecret::event)
+                .modify(|secret: &mut CachedSecret| {
+                    secret.annotations_mut().remove(LAST_APPLIED);
                 })
                 .reflect(secret_writer)
                 // Deletions too: a Secret that lost our label leaves the watch as a deletion,
                 // and its owner must put the label back.
-                .touched_objects();
+                .touched_objects()
+                // Our own Secret writes need no reconcile: the one that wrote them goes on to
+                // write the status.
+                .try_filter({
+                    let ctx = ctx.clone();
+                    move |secret| std::future::ready(!ctx.own_writes.is_echo(secret))
+                });
             // A revoked current token (at the endpoint, say) is replaced at once.
             let lookup = store.clone();
             let revoked = ctx.issuer.revocations().revoked().filter_map(move |jti| {
@@ -1153,6 +1339,8 @@ mod tests {
                 lifetime: None,
                 renew_before: None,
                 secret_template: None,
+                service_accounts: Vec::new(),
+                store_token: true,
             },
         );
         bt.metadata.namespace = Some("team-a".into());
@@ -1226,6 +1414,7 @@ mod tests {
         Keep,
         Issue(IssueReason),
         Wait(u64),
+        NoSecret,
     }
 
     fn decide_at(
@@ -1279,6 +1468,10 @@ mod tests {
             ("Secret of someone else", bt(|_| {}), vec![], Some(secret("another-uid", Some(b"x"), None)), NOW, Want::NotReady(Reason::SecretConflict)),
             ("Secret without owner", bt(|_| {}), vec![], Some(Secret::default()), NOW, Want::NotReady(Reason::SecretConflict)),
             ("policy refuses the namespace", bt(|_| {}), denied.clone(), None, NOW, Want::NotReady(Reason::Forbidden)),
+            ("storeToken false", bt(|s| s.store_token = false), vec![], None, NOW, Want::NoSecret),
+            ("storeToken false, our Secret present", bt(|s| s.store_token = false), vec![], Some(fresh.clone()), NOW, Want::NoSecret),
+            ("storeToken false, a foreign Secret is no conflict", bt(|s| s.store_token = false), vec![], Some(secret("another-uid", Some(b"x"), None)), NOW, Want::NoSecret),
+            ("storeToken false, policy still refuses", bt(|s| s.store_token = false), denied.clone(), None, NOW, Want::NotReady(Reason::Forbidden)),
             ("policy refuses, our Secret present", bt(|_| {}), denied, Some(fresh.clone()), NOW, Want::NotReady(Reason::Forbidden)),
             ("policy allows", bt(|_| {}), allowed, Some(fresh.clone()), NOW, Want::Keep),
             ("no Secret", bt(|_| {}), vec![], None, NOW, Want::Issue(IssueReason::SecretMissing)),
@@ -1332,6 +1525,7 @@ mod tests {
                 (Want::Wait(seconds), Decision::Wait(wait, _)) => {
                     assert_eq!(wait.as_secs(), *seconds, "{name}")
                 }
+                (Want::NoSecret, Decision::NoSecret) => {}
                 _ => panic!("{name}: got {got:?}"),
             }
         }
@@ -1496,7 +1690,7 @@ mod tests {
             })
         });
         let claims = claims(NOW);
-        let secret = desired_secret(&bt, "svc-bootstrap-token", "t", &claims, "100");
+        let secret = desired_secret(&bt, "svc-bootstrap-token", "t", &claims, "100", "digest");
         let notes = secret.metadata.annotations.unwrap();
         assert_eq!(notes.get("note").map(String::as_str), Some("kept"));
         assert!(!notes.contains_key(annotations::REISSUE));

@@ -22,6 +22,9 @@ pub mod annotations {
     pub const TOKEN_ID: &str = "bootstraptoken.dev/token-id";
     pub const KEY_ID: &str = "bootstraptoken.dev/key-id";
     pub const EXPIRES_AT: &str = "bootstraptoken.dev/expires-at";
+    /// A digest of the configured claims the token was signed with (iss, aud, client_id, scope,
+    /// version): the operator sees a configuration change without reading the token.
+    pub const CLAIMS: &str = "bootstraptoken.dev/claims-digest";
 
     /// Every annotation of the operator starts with this; the workload shim looks only at
     /// Deployments, StatefulSets and DaemonSets that carry one.
@@ -82,7 +85,7 @@ pub struct BootstrapTokenSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub secret_name: Option<String>,
     /// Validity of the token as a Go duration (`87600h`); default from the operator's configuration.
@@ -99,6 +102,31 @@ pub struct BootstrapTokenSpec {
     /// Labels and annotations copied onto the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<SecretTemplate>,
+    /// ServiceAccounts of this namespace whose projected tokens the token endpoint exchanges
+    /// for a short-lived token of this service (workload identity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN)),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub service_accounts: Vec<String>,
+    /// `false`: keep no long-lived token in a Secret at all (workload identity only); a Secret
+    /// the operator kept for this object before is deleted.
+    #[serde(default = "default_store_token", skip_serializing_if = "is_true")]
+    pub store_token: bool,
+}
+
+/// Secret and ServiceAccount names: a DNS subdomain (RFC 1123), as the API server validates them.
+pub const DNS_SUBDOMAIN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+fn default_store_token() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// Keys under `bootstraptoken.dev/` are the operator's: the API server refuses them here, and the

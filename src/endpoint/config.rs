@@ -71,6 +71,9 @@ pub struct EndpointConfig {
     /// the async workers; further checks wait their turn.
     #[serde(default = "default_hash_concurrency")]
     pub hash_concurrency: usize,
+    /// Pods authenticate with their projected ServiceAccount token (off by default).
+    #[serde(default)]
+    pub workload_identity: super::workload::WorkloadIdentityConfig,
 }
 
 /// What one connection may hold: a peer that sends nothing, a partial request or a short body
@@ -219,6 +222,7 @@ impl Default for EndpointConfig {
             connections: ConnectionsConfig::default(),
             throttle: ThrottleConfig::default(),
             hash_concurrency: default_hash_concurrency(),
+            workload_identity: Default::default(),
         }
     }
 }
@@ -360,6 +364,9 @@ impl EndpointConfig {
         if !(1..=64).contains(&self.hash_concurrency) {
             return Err("hashConcurrency: must be from 1 to 64".into());
         }
+        self.workload_identity
+            .validate()
+            .map_err(|why| format!("workloadIdentity.{why}"))?;
         for (i, client) in self.clients.iter().enumerate() {
             self.validate_client(client)
                 .map_err(|why| format!("clients[{i}].{why}"))?;

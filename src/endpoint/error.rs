@@ -36,6 +36,12 @@ pub enum ErrorKind {
     NotFound,
     TooManyAttempts,
     RequestTimeout,
+    InvalidAssertion,
+    MissingAssertion,
+    ServiceAccountNotMapped,
+    ServiceIdRequired,
+    MultipleClientAuthentication,
+    ReviewUnavailable,
     MissingToken,
     TokenNotOwned,
     RevocationUnavailable,
@@ -175,6 +181,45 @@ impl ErrorKind {
                 "invalid_request",
                 "ERR12910",
                 "REQUEST_TIMEOUT",
+            ),
+            // Workload identity (RFC 7523 §2.2 client assertions): a refused assertion is a
+            // failed client authentication (RFC 7521 §4.2.1).
+            InvalidAssertion => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "ERR12940",
+                "INVALID_CLIENT_ASSERTION",
+            ),
+            MissingAssertion => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "ERR12941",
+                "MISSING_CLIENT_ASSERTION",
+            ),
+            ServiceAccountNotMapped => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "ERR12942",
+                "SERVICE_ACCOUNT_NOT_MAPPED",
+            ),
+            ServiceIdRequired => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "ERR12943",
+                "SERVICE_ID_REQUIRED",
+            ),
+            // RFC 6749 §2.3: one authentication method per request.
+            MultipleClientAuthentication => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "ERR12944",
+                "MULTIPLE_CLIENT_AUTHENTICATION",
+            ),
+            ReviewUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "ERR12945",
+                "TOKEN_REVIEW_UNAVAILABLE",
             ),
             MissingToken => (
                 StatusCode::BAD_REQUEST,

@@ -15,6 +15,7 @@ mod secret;
 mod server;
 mod tls;
 mod token;
+pub mod workload;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub struct State {
     published: std::sync::Mutex<Option<Arc<Published>>>,
     tls: Option<Arc<tls::CertReloader>>,
     guard: guard::Guard,
+    workload: Option<workload::WorkloadIdentity>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,19 @@ impl State {
             None => None,
         };
         let guard = guard::Guard::new(&config);
+        let workload = match (&config.workload_identity, client) {
+            (wi, Some(client)) if wi.enabled => Some(workload::WorkloadIdentity::new(
+                wi,
+                &issuer.profile().issuer,
+                Arc::new(workload::KubeReviewer::new(client)),
+            )),
+            (wi, None) if wi.enabled => {
+                return Err(StateError(
+                    "endpoint.workloadIdentity needs the Kubernetes API (TokenReview)".into(),
+                ));
+            }
+            _ => None,
+        };
         Ok(State {
             issuer,
             config,
@@ -82,7 +97,21 @@ impl State {
             published: std::sync::Mutex::default(),
             tls,
             guard,
+            workload,
         })
+    }
+
+    /// With workload identity on, keeps the ServiceAccount mappings current from a watch of the
+    /// BootstrapTokens of `namespaces` (all when empty) until `shutdown`; otherwise returns at once.
+    pub async fn watch_mappings(
+        &self,
+        client: kube::Client,
+        namespaces: &[String],
+        shutdown: impl Future<Output = ()>,
+    ) {
+        if let Some(workload) = &self.workload {
+            workload.mappings.run(client, namespaces, shutdown).await;
+        }
     }
 
     async fn published(&self) -> Result<Arc<Published>, OAuthError> {

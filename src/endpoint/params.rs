@@ -36,6 +36,8 @@ pub struct Params {
     pub scope: Option<String>,
     pub audience: Option<String>,
     pub sid: Option<String>,
+    pub client_assertion: Option<String>,
+    pub client_assertion_type: Option<String>,
     /// The token to introspect or revoke (RFC 7662, RFC 7009).
     pub token: Option<String>,
     /// Accepted and ignored: every token here is a JWT that says what it is.
@@ -88,6 +90,8 @@ impl Params {
             "scope" => ("scope", &mut self.scope),
             "audience" => ("audience", &mut self.audience),
             "sid" => ("sid", &mut self.sid),
+            "client_assertion" => ("client_assertion", &mut self.client_assertion),
+            "client_assertion_type" => ("client_assertion_type", &mut self.client_assertion_type),
             "token" => ("token", &mut self.token),
             "token_type_hint" => ("token_type_hint", &mut self.token_type_hint),
             _ => return None,
@@ -119,6 +123,8 @@ impl Params {
             &mut self.scope,
             &mut self.audience,
             &mut self.sid,
+            &mut self.client_assertion,
+            &mut self.client_assertion_type,
             &mut self.token,
             &mut self.token_type_hint,
         ] {

@@ -20,6 +20,7 @@ use super::config::Grant;
 use super::error::{ErrorKind, NO_STORE_JSON, OAuthError};
 use super::params::{BodyFormat, Params};
 use super::registry::Client;
+use super::workload;
 use crate::resource;
 use crate::token::{AccessRequest, BootstrapRequest, IssueError, Issued};
 
@@ -103,6 +104,9 @@ pub async fn handle(state: &State, request: Request) -> Response {
                 // Logged where the client and the peer are known (`guard`).
                 ErrorKind::WrongSecret | ErrorKind::ClientNotFound | ErrorKind::TooManyAttempts => {
                 }
+                ErrorKind::InvalidAssertion | ErrorKind::ServiceAccountNotMapped => {
+                    tracing::info!(grant, code = error.kind.code(), "{}", error.description)
+                }
                 // The code says what was wrong; the request's content is not logged.
                 _ => tracing::debug!(grant, code = error.kind.code(), "token request refused"),
             }
@@ -149,6 +153,14 @@ async fn respond(state: &State, request: Request) -> (Option<Grant>, Result<Answ
         }
     };
     let result = async {
+        if let Some(assertion) = workload::assertion_of(
+            &params,
+            grant == Grant::ClientCredentials,
+            parts.headers.contains_key(header::AUTHORIZATION),
+            &state.issuer.bootstrap().client_id,
+        )? {
+            return workload_identity(state, assertion, &params).await;
+        }
         let client = authenticate(state, &parts, &params).await?;
         let client = client.as_ref();
         if !client.allows(grant) {
@@ -370,6 +382,62 @@ async fn bootstrap_token(
     )
     .await?;
     tracing::info!(client_id = %client.id, sid, jti = %issued.claims.jti, "issued bootstrap token");
+    Ok(Answer {
+        token: issued.token.into(),
+        expires_in: issued.claims.exp.saturating_sub(now),
+        scope: issued.claims.scope,
+        outcome: "issued",
+    })
+}
+
+/// `client_credentials` authenticated by a ServiceAccount's token: a short-lived token with
+/// exactly the bootstrap claims of the BootstrapToken the ServiceAccount is mapped to.
+async fn workload_identity(
+    state: &State,
+    assertion: &str,
+    params: &Params,
+) -> Result<Answer, OAuthError> {
+    let Some(workload) = &state.workload else {
+        return Err(OAuthError::new(
+            ErrorKind::InvalidAssertion,
+            "client assertions are not accepted here (endpoint.workloadIdentity is off)",
+        ));
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let account = workload.authenticate(assertion, now).await?;
+    let bt = workload.mapped(&account, params.sid.as_deref(), &state.issuer)?;
+    let bootstrap = state.issuer.bootstrap();
+    if params
+        .audience
+        .as_deref()
+        .is_some_and(|aud| aud != state.issuer.profile().audience)
+    {
+        return Err(OAuthError::new(
+            ErrorKind::AudienceNotAllowed,
+            "a workload identity gets the configured audience only",
+        ));
+    }
+    let scope = choose_scope(
+        params.scope.as_deref(),
+        &bootstrap.scope,
+        &bootstrap.client_id,
+    )?;
+    let sid = bt.spec.service_id.as_str();
+    let issued = issue(
+        state,
+        state.issuer.issue_bootstrap(
+            BootstrapRequest {
+                namespace: &account.namespace,
+                sid,
+                lifetime: state.config.access_token_lifetime,
+                scope: Some(scope),
+                reason: workload::ISSUED_REASON,
+            },
+            now,
+        ),
+    )
+    .await?;
+    tracing::info!(service_account = %account, sid, jti = %issued.claims.jti, "issued token to a workload identity");
     Ok(Answer {
         token: issued.token.into(),
         expires_in: issued.claims.exp.saturating_sub(now),

@@ -198,6 +198,8 @@ fn desired_child<W: Workload>(d: &Meta<W>, service_id: &str, secret_name: &str) 
             lifetime: None,
             renew_before: None,
             secret_template: None,
+            service_accounts: Vec::new(),
+            store_token: true,
         },
     );
     child.metadata.namespace = d.namespace();

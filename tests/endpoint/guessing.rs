@@ -203,3 +203,46 @@ fn slow_hashes_stay_off_the_workers() {
         "unrelated requests: median {during:?} under guessing, {baseline:?} before; one hash takes {hash_time:?}"
     );
 }
+
+/// Issue 12: guessing buys no CPU amplification. A wrong secret costs one slow hash, what a right
+/// one costs the first time, however long it is; a right one, once verified, costs none (it is
+/// compared by digest); an unknown client costs none.
+#[test]
+fn a_wrong_secret_never_costs_more_hashing_than_a_right_one() {
+    let server = Server::start(&format!(
+        "{SEED_CONFIG}{SLOW_CLIENT}  throttle: {{enabled: false}}\n"
+    ));
+    let request = |credentials: &str| {
+        let reply = exchange(
+            &server.address,
+            &token_post(
+                &server.address,
+                credentials,
+                "grant_type=client_credentials",
+            ),
+        );
+        (reply.status, server.metrics.secret_hashes.get())
+    };
+    let (status, hashes) = request("slow-client:slow-client-secret");
+    assert_ne!(status, 401, "the right secret authenticates");
+    assert_eq!(hashes, 1, "the right secret is hashed once");
+    for _ in 0..3 {
+        assert_eq!(request("slow-client:slow-client-secret"), (status, 1));
+    }
+    let long = format!("slow-client:{}", "w".repeat(4096));
+    for (i, wrong) in ["slow-client:wrong", long.as_str(), "slow-client:wrong"]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            request(wrong),
+            (401, 2 + i as u64),
+            "one hash per wrong secret"
+        );
+    }
+    assert_eq!(
+        request("nobody:wrong"),
+        (401, 4),
+        "an unknown client is not hashed"
+    );
+}

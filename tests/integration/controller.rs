@@ -401,7 +401,7 @@ async fn never_touches_a_foreign_secret() {
         .writes
         .requests()
         .into_iter()
-        .filter(|r| r.path.ends_with("/secrets/taken"))
+        .filter(|r| r.path.ends_with("/secrets/taken") && r.method.as_str() == "GET")
         .collect();
     assert!(
         !reads.is_empty(),

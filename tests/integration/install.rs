@@ -138,12 +138,17 @@ fn chart_lints_and_deploy_holds_its_rendering() {
         rendered == read("deploy/install.yaml"),
         "deploy/install.yaml drifted from the chart: run `make manifests`"
     );
-    for template in ["clusterrole.yaml", "roles.yaml"] {
-        let role = render(
-            release,
-            release,
-            &["--show-only", &format!("templates/{template}")],
-        );
+    // tokenreview.yaml is rendered as with workload identity on: the tests use the feature.
+    let workload_identity = "config.endpoint.workloadIdentity.enabled=true";
+    for (template, set) in [
+        ("clusterrole.yaml", None),
+        ("roles.yaml", None),
+        ("tokenreview.yaml", Some(workload_identity)),
+    ] {
+        let show = format!("templates/{template}");
+        let mut args = vec!["--show-only", show.as_str()];
+        args.extend(set.iter().flat_map(|set| ["--set", set]));
+        let role = render(release, release, &args);
         assert!(
             role == read(&format!("deploy/rbac/{template}")),
             "deploy/rbac/{template} drifted from the chart: run `make manifests`"
@@ -157,6 +162,29 @@ fn chart_lints_and_deploy_holds_its_rendering() {
     );
 
     // kubectl apply -k deploy/ installs the chart's objects plus the namespace they live in.
+    // The TokenReview permission exists only with the feature on, in both modes.
+    assert!(!rendered.contains("tokenreviews"), "not granted by default");
+    for mode in [
+        vec![],
+        vec![
+            "-f",
+            "charts/bootstrap-token-operator/ci/namespaced-values.yaml",
+        ],
+    ] {
+        let mut args = mode.clone();
+        args.extend(["--set", workload_identity]);
+        let granted: Vec<Value> = objects(&render(release, release, &args))
+            .into_iter()
+            .filter(|o| o.to_string().contains("tokenreviews"))
+            .collect();
+        assert_eq!(granted.len(), 1, "{mode:?}: one ClusterRole grants it");
+        assert_eq!(
+            granted[0]["rules"],
+            json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]),
+            "{mode:?}: create on tokenreviews, nothing more"
+        );
+    }
+
     let kustomized = objects(&output(
         Command::new("kubectl")
             .args(["kustomize"])
@@ -416,5 +444,29 @@ async fn the_operator_may_do_what_its_code_does_and_nothing_more() {
         )
         .await,
         "status is written by server-side apply, never read through the subresource"
+    );
+    // Workload identity (deploy/rbac/ renders it on): TokenReviews are created, nothing else
+    // about authentication is.
+    let authentication = "authentication.k8s.io";
+    assert!(allowed(String::new(), authentication, "tokenreviews", "create").await);
+    for verb in ["get", "list", "delete"] {
+        assert!(
+            !allowed(String::new(), authentication, "tokenreviews", verb).await,
+            "no {verb} on tokenreviews"
+        );
+    }
+    assert!(
+        !allowed(own.clone(), "", "serviceaccounts/token", "create").await,
+        "the operator reviews ServiceAccount tokens, it never requests them"
+    );
+    assert!(
+        !allowed(
+            String::new(),
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            "create"
+        )
+        .await,
+        "no SubjectAccessReviews"
     );
 }

@@ -2,6 +2,7 @@
 //! with the operator running under its restricted RBAC identity.
 
 mod controller;
+mod cost;
 mod gitops;
 mod hardening;
 mod image;
@@ -17,3 +18,4 @@ mod shim;
 #[path = "../common/signer.rs"]
 mod signer;
 mod support;
+mod workload_identity;

@@ -301,6 +301,12 @@ impl TestEnv {
         &self.dir
     }
 
+    /// The PEM key (PKCS#8, ECDSA P-256) kube-apiserver signs ServiceAccount tokens with
+    /// (`--service-account-signing-key-file`), for tests that forge one.
+    pub fn service_account_signing_key_path(&self) -> PathBuf {
+        self.dir.join("sa.key")
+    }
+
     /// Kubeconfig of the admin identity (`system:masters`), certificates embedded.
     pub fn admin_kubeconfig_path(&self) -> &Path {
         &self.admin_kubeconfig

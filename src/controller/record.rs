@@ -1,0 +1,567 @@
+//! What the owned Secrets' watch cache proves without another request: which token a Secret
+//! holds (its metadata and the status say so), whether to read it at all, and which watch events
+//! are only the echo of the operator's own writes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+use std::borrow::Cow;
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::Resource;
+use kube::api::{ObjectMeta, PartialObjectMeta};
+use kube::runtime::watcher;
+use serde_json::json;
+
+use crate::resource::{BootstrapToken, MANAGER, TOKEN_KEY, annotations};
+use crate::token::{Claims, Issuer, KeySet, TOKEN_VERSION};
+
+use super::Reason;
+
+/// A resourceVersion no object can have (etcd revisions are signed 64-bit): as the precondition
+/// of a server-side apply it lets the apply create the Secret and fails it with 409 Conflict when
+/// a Secret of that name exists, so a Secret the cache does not know is never overwritten.
+pub(super) const CREATE_ONLY: &str = "18446744073709551615";
+
+/// A digest of the configured claims a bootstrap token carries besides `sid` and its times (iss,
+/// aud, client_id, scope, version): kept on the Secret, it tells from the metadata alone whether
+/// the token still matches the configuration.
+pub(super) fn claims_digest(issuer: &Issuer) -> String {
+    let profile = issuer.profile();
+    let bootstrap = issuer.bootstrap();
+    let inputs = json!([
+        profile.issuer,
+        profile.audience,
+        bootstrap.client_id,
+        bootstrap.scope,
+        profile.version_claim.name(),
+        TOKEN_VERSION,
+    ]);
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, inputs.to_string().as_bytes());
+    URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12])
+}
+
+/// Whether our last server-side apply still owns the token: nobody has changed or removed it
+/// since, so it is the token that apply wrote, the one its annotations describe.
+pub(super) fn owns_token(metadata: &ObjectMeta) -> bool {
+    metadata.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(MANAGER)
+            && entry.operation.as_deref() == Some("Apply")
+            && entry
+                .fields_v1
+                .as_ref()
+                .and_then(|fields| fields.0.get("f:data")?.get(format!("f:{TOKEN_KEY}")))
+                .is_some()
+    })
+}
+
+/// An owned Secret as the cache keeps it: the metadata decisions read, less what they never read,
+/// and instead of its managedFields (most of the metadata's size) the one fact read from them,
+/// [`owns_token`].
+#[derive(Debug, Clone)]
+pub struct CachedSecret {
+    metadata: ObjectMeta,
+    owns_token: bool,
+}
+
+impl CachedSecret {
+    pub(super) fn new(secret: PartialObjectMeta<Secret>) -> Self {
+        let owns_token = owns_token(&secret.metadata);
+        let metadata = ObjectMeta {
+            managed_fields: None,
+            uid: None,
+            creation_timestamp: None,
+            ..secret.metadata
+        };
+        CachedSecret {
+            metadata,
+            owns_token,
+        }
+    }
+
+    /// The metadata, our ownership of the token written back as the managedFields entry
+    /// [`owns_token`] reads.
+    pub(super) fn metadata(&self) -> ObjectMeta {
+        let mut metadata = self.metadata.clone();
+        metadata.managed_fields = self.owns_token.then(|| {
+            vec![ManagedFieldsEntry {
+                manager: Some(MANAGER.into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(json!({"f:data": {format!("f:{TOKEN_KEY}"): {}}}))),
+                ..Default::default()
+            }]
+        });
+        metadata
+    }
+
+    /// A watch event of the Secrets' metadata, as the cache keeps it.
+    pub(super) fn event(event: watcher::Event<PartialObjectMeta<Secret>>) -> watcher::Event<Self> {
+        match event {
+            watcher::Event::Apply(secret) => watcher::Event::Apply(Self::new(secret)),
+            watcher::Event::Delete(secret) => watcher::Event::Delete(Self::new(secret)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitApply(secret) => watcher::Event::InitApply(Self::new(secret)),
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        }
+    }
+}
+
+/// A Secret's, so that the controller maps it to its owner.
+impl Resource for CachedSecret {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Secret::kind(&())
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        Secret::group(&())
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        Secret::version(&())
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        Secret::plural(&())
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The claims and key id of the token in the Secret described by `metadata`, when its metadata
+/// and `bt`'s status prove which token it is without reading it: we still own the token, its
+/// annotations name the token the status records, at the current generation (a spec change is
+/// read in full once), issued under the current configuration with a key we still have.
+pub(super) fn recorded(
+    bt: &BootstrapToken,
+    metadata: &ObjectMeta,
+    issuer: &Issuer,
+    keys: &KeySet,
+) -> Option<(Claims, String)> {
+    let status = bt.status.as_ref()?;
+    let ready = bt.ready_condition()?;
+    if ready.status != "True"
+        || ready.observed_generation != bt.metadata.generation
+        || status.secret_name.is_none()
+        || status.secret_name != metadata.name
+        || !owns_token(metadata)
+    {
+        return None;
+    }
+    let notes = metadata.annotations.as_ref()?;
+    let note = |key: &str| notes.get(key).map(String::as_str);
+    let jti = status.token_id.as_deref()?;
+    let kid = status.key_id.as_deref()?;
+    if note(annotations::TOKEN_ID) != Some(jti)
+        || note(annotations::KEY_ID) != Some(kid)
+        || note(annotations::EXPIRES_AT) != status.expires_at.as_deref()
+        || note(annotations::CLAIMS) != Some(claims_digest(issuer).as_str())
+    {
+        return None;
+    }
+    keys.get(kid)?;
+    let second = |time: Option<&String>| Some(time?.parse::<Timestamp>().ok()?.as_second());
+    let mut claims = issuer.bootstrap_claims(
+        note(annotations::SERVICE_ID)?,
+        Duration::ZERO,
+        second(status.issued_at.as_ref())?,
+    );
+    claims.jti = jti.to_string();
+    claims.nbf = second(status.not_before.as_ref())?;
+    claims.exp = second(status.expires_at.as_ref())?;
+    Some((claims, kid.to_string()))
+}
+
+/// The Secret an object names, as the owned-Secret cache sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Cached {
+    Found(Box<ObjectMeta>),
+    /// Not among our Secrets, and the cache has listed them all.
+    Absent,
+    /// The cache has not listed them yet.
+    Unknown,
+}
+
+/// Where [`super::decide`] gets the Secret from.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Lookup {
+    /// The cached metadata proves which token the Secret holds: no request.
+    Known(Box<ObjectMeta>),
+    /// No Secret of ours has that name, and the status puts no token there: a new object.
+    Absent,
+    /// The cache cannot decide: read the Secret (its data only if it is ours).
+    Read,
+}
+
+pub(super) fn lookup(
+    bt: &BootstrapToken,
+    cached: Cached,
+    issuer: &Issuer,
+    keys: &KeySet,
+) -> Lookup {
+    match cached {
+        Cached::Unknown => Lookup::Read,
+        // Our token was put in that Secret (since deleted, or its label removed), or one of
+        // that name not ours was found last time: look, rather than sign a token for nothing.
+        Cached::Absent
+            if bt.status.as_ref().is_some_and(|s| {
+                s.token_id.is_some() && s.secret_name.as_deref() == Some(&bt.secret_name())
+            }) || bt
+                .ready_condition()
+                .is_some_and(|c| c.reason == Reason::SecretConflict.as_str()) =>
+        {
+            Lookup::Read
+        }
+        Cached::Absent => Lookup::Absent,
+        Cached::Found(metadata) if recorded(bt, &metadata, issuer, keys).is_some() => {
+            Lookup::Known(metadata)
+        }
+        Cached::Found(_) => Lookup::Read,
+    }
+}
+
+/// The Secrets the operator is writing or last wrote, until their watch event comes back: that
+/// event is our own write's echo and triggers no reconcile.
+#[derive(Debug, Default)]
+pub(super) struct OwnWrites(Mutex<HashMap<(String, String), Written>>);
+
+#[derive(Debug)]
+enum Written {
+    /// Sent, no answer yet: the watch may deliver the echo first. It carries this token id.
+    Pending(String),
+    /// Sent, no answer yet, and the echo already came.
+    Echoed,
+    /// Written at this resourceVersion, the echo still to come.
+    At(String),
+}
+
+impl OwnWrites {
+    /// Before sending an apply of the Secret `namespace/name` holding the token `token_id`.
+    pub(super) fn writing(&self, namespace: &str, name: &str, token_id: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        self.lock().insert(key, Written::Pending(token_id.into()));
+    }
+
+    /// The apply's answer (`None`: it failed).
+    pub(super) fn wrote(&self, namespace: &str, name: &str, written: Option<&Secret>) {
+        let key = (namespace.to_string(), name.to_string());
+        let mut writes = self.lock();
+        match written.and_then(|s| s.metadata.resource_version.clone()) {
+            Some(version) if !matches!(writes.get(&key), Some(Written::Echoed)) => {
+                writes.insert(key, Written::At(version));
+            }
+            // Failed, or its echo came already: nothing more to wait for.
+            _ => {
+                writes.remove(&key);
+            }
+        }
+    }
+
+    /// Whether this event shows the Secret as we wrote it. An entry is spent by its echo, or
+    /// by any event once the write is answered: later ones are other changes.
+    pub(super) fn is_echo(&self, secret: &CachedSecret) -> bool {
+        let meta = &secret.metadata;
+        let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
+            return false;
+        };
+        let mut writes = self.lock();
+        if writes.is_empty() {
+            return false;
+        }
+        let key = (namespace.clone(), name.clone());
+        match writes.get_mut(&key) {
+            None | Some(Written::Echoed) => false,
+            Some(pending @ Written::Pending(_)) => {
+                let seen = meta
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(annotations::TOKEN_ID));
+                let echo = matches!(pending, Written::Pending(token_id) if seen == Some(token_id));
+                if echo {
+                    *pending = Written::Echoed;
+                }
+                echo
+            }
+            Some(Written::At(version)) => {
+                let echo = meta.resource_version.as_ref() == Some(version);
+                writes.remove(&key);
+                echo
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Written>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::LazyLock;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    use super::super::{Decision, IssueReason, World, decide, desired_secret, rfc3339};
+    use super::*;
+    use crate::resource::{BootstrapTokenSpec, BootstrapTokenStatus};
+    use crate::token::{BootstrapConfig, LocalKey, test_issuer};
+
+    const NOW: i64 = 1_800_000_000;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    static KEYS: LazyLock<KeySet> =
+        LazyLock::new(|| KeySet::new(LocalKey::generate("100").unwrap(), vec![]));
+
+    fn issuer(scope: &str) -> Issuer {
+        let bootstrap = BootstrapConfig {
+            scope: vec![scope.into()],
+            lifetime: 10 * HOUR,
+            ..Default::default()
+        };
+        test_issuer(bootstrap, vec![], KEYS.clone())
+    }
+
+    /// A Ready object whose status records `claims`, at generation 1.
+    fn bt(claims: &Claims) -> BootstrapToken {
+        let mut bt = BootstrapToken::new(
+            "svc",
+            BootstrapTokenSpec {
+                service_id: "com.example.svc".into(),
+                secret_name: None,
+                lifetime: None,
+                renew_before: None,
+                secret_template: None,
+                service_accounts: Vec::new(),
+                store_token: true,
+            },
+        );
+        bt.metadata.namespace = Some("team-a".into());
+        bt.metadata.uid = Some("0b7c3b1e-0000-4000-8000-000000000001".into());
+        bt.metadata.generation = Some(1);
+        bt.status = Some(BootstrapTokenStatus {
+            observed_generation: Some(1),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "Issued".into(),
+                message: String::new(),
+                observed_generation: Some(1),
+                last_transition_time: Time(Timestamp::from_second(NOW).unwrap()),
+            }],
+            secret_name: Some("svc-bootstrap-token".into()),
+            key_id: Some("100".into()),
+            token_id: Some(claims.jti.clone()),
+            issued_at: Some(rfc3339(claims.iat)),
+            not_before: Some(rfc3339(claims.nbf)),
+            expires_at: Some(rfc3339(claims.exp)),
+            renewal_time: None,
+        });
+        bt
+    }
+
+    /// The metadata of the Secret our apply of `claims`' token wrote, as the cache keeps it.
+    fn applied(bt: &BootstrapToken, issuer: &Issuer, claims: &Claims, manager: &str) -> ObjectMeta {
+        let digest = claims_digest(issuer);
+        let secret = desired_secret(bt, "svc-bootstrap-token", "t", claims, "100", &digest);
+        let mut metadata = secret.metadata;
+        metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(
+                json!({"f:data": {"f:token": {}}, "f:metadata": {"f:labels": {}}}),
+            )),
+            ..Default::default()
+        }]);
+        CachedSecret::new(PartialObjectMeta {
+            metadata,
+            ..Default::default()
+        })
+        .metadata()
+    }
+
+    #[test]
+    fn lookup_reads_only_what_the_cache_cannot_prove() {
+        let issuer = issuer("scope.a");
+        let claims = issuer.bootstrap_claims("com.example.svc", 10 * HOUR, NOW - 60);
+        let ours = bt(&claims);
+        let found = |metadata: ObjectMeta| Cached::Found(Box::new(metadata));
+        let good = applied(&ours, &issuer, &claims, MANAGER);
+        let edit = |f: &dyn Fn(&mut ObjectMeta)| {
+            let mut metadata = good.clone();
+            f(&mut metadata);
+            found(metadata)
+        };
+        let note = |key: &'static str, value: &'static str| {
+            move |m: &mut ObjectMeta| {
+                m.annotations
+                    .get_or_insert_default()
+                    .insert(key.into(), value.into());
+            }
+        };
+        let mut new = ours.clone();
+        new.status = None;
+        let mut conflicted = ours.clone();
+        conflicted.status.as_mut().unwrap().conditions[0].reason = "SecretConflict".into();
+        conflicted.status.as_mut().unwrap().conditions[0].status = "False".into();
+        let mut respecified = ours.clone();
+        respecified.metadata.generation = Some(2);
+        let mut failing = ours.clone();
+        failing.status.as_mut().unwrap().conditions[0].status = "False".into();
+        let other_config = self::issuer("scope.b");
+        #[rustfmt::skip]
+        let cases: Vec<(&str, &BootstrapToken, Cached, &Issuer, bool)> = vec![
+            ("cache not listed yet", &ours, Cached::Unknown, &issuer, false),
+            ("a new object, no Secret", &new, Cached::Absent, &issuer, false),
+            ("our Secret deleted or unlabelled", &ours, Cached::Absent, &issuer, false),
+            ("a Secret of someone else found last time", &conflicted, Cached::Absent, &issuer, false),
+            ("metadata names the status' token", &ours, found(good.clone()), &issuer, true),
+            ("the token changed by someone else", &ours, found(applied(&ours, &issuer, &claims, "kubectl-edit")), &issuer, false),
+            ("managedFields dropped", &ours, edit(&|m| m.managed_fields = None), &issuer, false),
+            ("token id annotation edited", &ours, edit(&note(annotations::TOKEN_ID, "x")), &issuer, false),
+            ("key id annotation edited", &ours, edit(&note(annotations::KEY_ID, "7")), &issuer, false),
+            ("expiry annotation edited", &ours, edit(&note(annotations::EXPIRES_AT, "2030-01-01T00:00:00Z")), &issuer, false),
+            ("claims digest missing", &ours, edit(&|m| { m.annotations.as_mut().unwrap().remove(annotations::CLAIMS); }), &issuer, false),
+            ("configuration changed", &ours, found(good.clone()), &other_config, false),
+            ("spec changed since the status", &respecified, found(good.clone()), &issuer, false),
+            ("status not Ready", &failing, found(good.clone()), &issuer, false),
+            ("status of a new object", &new, found(good.clone()), &issuer, false),
+        ];
+        for (name, bt, cached, issuer, known) in cases {
+            let got = lookup(bt, cached.clone(), issuer, &KEYS);
+            let want = match (known, cached) {
+                (true, Cached::Found(metadata)) => Lookup::Known(metadata),
+                (_, Cached::Absent) if bt.status.is_none() => Lookup::Absent,
+                _ => Lookup::Read,
+            };
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn decides_from_metadata_alone() {
+        let issuer = issuer("scope.a");
+        let claims = issuer.bootstrap_claims("com.example.svc", 10 * HOUR, NOW - 60);
+        let ours = bt(&claims);
+        let metadata_only = |bt: &BootstrapToken| Secret {
+            metadata: applied(bt, &issuer, &claims, MANAGER),
+            ..Default::default()
+        };
+        let decide_at = |bt: &BootstrapToken, now: i64| {
+            let world = World {
+                issuer: &issuer,
+                keys: &KEYS,
+                held_elsewhere: None,
+                now,
+            };
+            decide(bt, Some(&metadata_only(bt)), &world)
+        };
+        match decide_at(&ours, NOW) {
+            Decision::Keep(_, kept) => {
+                assert_eq!(kept.token, None, "not read");
+                assert_eq!(
+                    kept.claims, claims,
+                    "the claims the status and metadata record"
+                );
+                assert_eq!(kept.kid, "100");
+            }
+            other => panic!("{other:?}"),
+        }
+        let renewal = claims.exp - i64::try_from((10 * HOUR / 3).as_secs()).unwrap();
+        assert!(matches!(
+            decide_at(&ours, renewal),
+            Decision::Issue(_, IssueReason::RenewalDue)
+        ));
+        let mut requested = ours.clone();
+        requested
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(annotations::REISSUE.into(), "1".into());
+        let secret = metadata_only(&ours);
+        let world = World {
+            issuer: &issuer,
+            keys: &KEYS,
+            held_elsewhere: None,
+            now: NOW,
+        };
+        assert!(matches!(
+            decide(&requested, Some(&secret), &world),
+            Decision::Issue(_, IssueReason::Requested)
+        ));
+        // Metadata that proves nothing: no token to keep.
+        let mut bare = secret.clone();
+        bare.metadata.managed_fields = None;
+        assert!(matches!(
+            decide(&ours, Some(&bare), &world),
+            Decision::Issue(_, IssueReason::SecretMissing)
+        ));
+    }
+
+    #[test]
+    fn only_the_echo_of_our_own_write_is_skipped() {
+        let writes = OwnWrites::default();
+        let secret = |version: &str, token_id: &str| {
+            let mut secret = Secret::default();
+            secret.metadata.namespace = Some("ns".into());
+            secret.metadata.name = Some("s".into());
+            secret.metadata.resource_version = Some(version.into());
+            secret.metadata.annotations =
+                Some([(annotations::TOKEN_ID.to_string(), token_id.to_string())].into());
+            secret
+        };
+        let event = |version: &str, token_id: &str| {
+            CachedSecret::new(PartialObjectMeta {
+                metadata: secret(version, token_id).metadata,
+                ..Default::default()
+            })
+        };
+        assert!(!writes.is_echo(&event("5", "a")), "nothing written yet");
+        writes.writing("ns", "s", "a");
+        writes.wrote("ns", "s", Some(&secret("5", "a")));
+        assert!(writes.is_echo(&event("5", "a")));
+        assert!(!writes.is_echo(&event("5", "a")), "an echo is skipped once");
+        writes.writing("ns", "s", "b");
+        writes.wrote("ns", "s", Some(&secret("6", "b")));
+        assert!(
+            !writes.is_echo(&event("7", "b")),
+            "someone else's change after ours"
+        );
+        assert!(
+            !writes.is_echo(&event("6", "b")),
+            "spent by the later event"
+        );
+        // The echo can come before the answer.
+        writes.writing("ns", "s", "c");
+        assert!(
+            !writes.is_echo(&event("8", "b")),
+            "not the token being written"
+        );
+        assert!(writes.is_echo(&event("9", "c")));
+        writes.wrote("ns", "s", Some(&secret("9", "c")));
+        assert!(
+            !writes.is_echo(&event("10", "c")),
+            "a change after the echo"
+        );
+        writes.writing("ns", "s", "d");
+        writes.wrote("ns", "s", None);
+        assert!(
+            !writes.is_echo(&event("11", "d")),
+            "a failed write has no echo"
+        );
+    }
+}
