@@ -66,6 +66,9 @@ pub struct Rotation {
     config: RotationConfig,
     drain: Duration,
     keys: Arc<KeyProvider>,
+    /// The key Secrets as this replica's watch last saw them (none before the first list): the
+    /// leader plans from them, so an idle leader sends no request.
+    seen: tokio::sync::watch::Sender<Option<Vec<Secret>>>,
 }
 
 impl Rotation {
@@ -90,6 +93,7 @@ impl Rotation {
             config,
             drain,
             keys,
+            seen: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -166,6 +170,8 @@ impl Rotation {
                         "signing-key Secret has no valid {KEY_FIELD}; it is left out of the key set");
                 }
                 next = self.keys.install(rotated, now);
+                self.seen
+                    .send_replace(Some(known.values().cloned().collect()));
             }
         }
     }
@@ -209,11 +215,17 @@ impl Rotation {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Option<HashMap<String, usize>>>,
     {
+        let mut changes = self.seen.subscribe();
         let work = async {
             loop {
+                changes.borrow_and_update();
                 let wait = match self.step(recorder, &tokens_by_kid).await {
                     Ok(Some(wait)) => wait,
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        // A step was taken: plan again once the watch has seen its write.
+                        let _ = tokio::time::timeout(POLL, changes.changed()).await;
+                        continue;
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "signing-key rotation step failed; retrying");
                         POLL
@@ -245,15 +257,13 @@ impl Rotation {
             namespace: self.namespace.clone(),
             source,
         };
-        let listed = self
-            .secrets
-            .list(&ListParams::default().labels(KEY_LABEL))
-            .await
-            .map_err(api)?;
+        let Some(listed) = self.seen.borrow().clone() else {
+            return Ok(Some(POLL));
+        };
         // Labelled once there is something to rotate: a plain install writes nothing.
-        let rotating = !listed.items.is_empty() || self.config.every.is_some();
+        let rotating = !listed.is_empty() || self.config.every.is_some();
         if rotating
-            && !listed.items.iter().any(|s| s.name_any() == self.base_name)
+            && !listed.iter().any(|s| s.name_any() == self.base_name)
             && let Some(base) = self.secrets.get_opt(&self.base_name).await.map_err(api)?
             && base.labels().get(KEY_LABEL).is_none()
         {
@@ -263,7 +273,6 @@ impl Rotation {
             return Ok(None);
         }
         let mut keys: Vec<KeyState> = listed
-            .items
             .iter()
             .filter_map(|secret| self.key_of(secret))
             .map(|(mut state, _)| {
