@@ -1331,18 +1331,7 @@ mod tests {
     }
 
     fn bt(spec: impl FnOnce(&mut BootstrapTokenSpec)) -> BootstrapToken {
-        let mut bt = BootstrapToken::new(
-            "svc",
-            BootstrapTokenSpec {
-                service_id: "com.example.svc".into(),
-                secret_name: None,
-                lifetime: None,
-                renew_before: None,
-                secret_template: None,
-                service_accounts: Vec::new(),
-                store_token: true,
-            },
-        );
+        let mut bt = BootstrapToken::new("svc", BootstrapTokenSpec::for_service("com.example.svc"));
         bt.metadata.namespace = Some("team-a".into());
         bt.metadata.uid = Some(UID.into());
         spec(&mut bt.spec);

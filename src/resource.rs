@@ -117,6 +117,21 @@ pub struct BootstrapTokenSpec {
     pub store_token: bool,
 }
 
+impl BootstrapTokenSpec {
+    /// A token for `service_id` with every other field at its default.
+    pub fn for_service(service_id: &str) -> Self {
+        BootstrapTokenSpec {
+            service_id: service_id.into(),
+            secret_name: None,
+            lifetime: None,
+            renew_before: None,
+            secret_template: None,
+            service_accounts: Vec::new(),
+            store_token: true,
+        }
+    }
+}
+
 /// Secret and ServiceAccount names: a DNS subdomain (RFC 1123), as the API server validates them.
 pub const DNS_SUBDOMAIN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";

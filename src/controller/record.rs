@@ -338,18 +338,7 @@ mod tests {
 
     /// A Ready object whose status records `claims`, at generation 1.
     fn bt(claims: &Claims) -> BootstrapToken {
-        let mut bt = BootstrapToken::new(
-            "svc",
-            BootstrapTokenSpec {
-                service_id: "com.example.svc".into(),
-                secret_name: None,
-                lifetime: None,
-                renew_before: None,
-                secret_template: None,
-                service_accounts: Vec::new(),
-                store_token: true,
-            },
-        );
+        let mut bt = BootstrapToken::new("svc", BootstrapTokenSpec::for_service("com.example.svc"));
         bt.metadata.namespace = Some("team-a".into());
         bt.metadata.uid = Some("0b7c3b1e-0000-4000-8000-000000000001".into());
         bt.metadata.generation = Some(1);

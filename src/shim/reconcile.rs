@@ -193,13 +193,8 @@ fn desired_child<W: Workload>(d: &Meta<W>, service_id: &str, secret_name: &str) 
     let mut child = BootstrapToken::new(
         &d.name_any(),
         BootstrapTokenSpec {
-            service_id: service_id.into(),
             secret_name: Some(secret_name.into()),
-            lifetime: None,
-            renew_before: None,
-            secret_template: None,
-            service_accounts: Vec::new(),
-            store_token: true,
+            ..BootstrapTokenSpec::for_service(service_id)
         },
     );
     child.metadata.namespace = d.namespace();

@@ -116,7 +116,15 @@ async fn load_or_create(
     }
     let kid = signing.kid.as_deref();
     let active = match read(&secrets, namespace, &signing.key_secret, kid).await? {
-        Some(key) => key,
+        Some((key, pem)) => {
+            if kid.is_none()
+                && let Some(alias) =
+                    legacy_alias(&client, watched, &pem, namespace, &signing.key_secret).await?
+            {
+                previous.push(alias);
+            }
+            (key, pem)
+        }
         None => {
             // A thumbprint kid is unknown until the key exists: then every token signed by a key
             // that is not a previous one was signed by the lost key.
@@ -143,6 +151,32 @@ async fn load_or_create(
     };
     let (active, active_pem) = active;
     Ok(Loaded::new(KeySet::new(active, previous), active_pem))
+}
+
+/// The kid every key had before the default became the key's thumbprint.
+const LEGACY_KID: &str = "100";
+
+/// An existing key that signed under the old default kid, while BootstrapTokens still hold tokens
+/// with it: the same key, published and accepted under [`LEGACY_KID`] too, so upgrading without
+/// `signing.kid: "100"` breaks no token; those tokens then move to the thumbprint kid at the
+/// paced re-issue rate (`KeyRotated`), not all at once.
+async fn legacy_alias(
+    client: &Client,
+    watched: &[String],
+    pem: &[u8],
+    namespace: &str,
+    name: &str,
+) -> Result<Option<LocalKey>, StoreError> {
+    if tokens_signed_with(client, watched, |held| held == LEGACY_KID, LEGACY_KID).await? == 0 {
+        return Ok(None);
+    }
+    LocalKey::from_pem(LEGACY_KID, pem)
+        .map(Some)
+        .map_err(|source| StoreError::Key {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })
 }
 
 /// The kids of the other signing-key Secrets (rotated keys, named by their thumbprints).

@@ -173,3 +173,34 @@ pub async fn lease_holder(namespace: &str) -> Option<String> {
         .holder_identity
         .filter(|holder| !holder.is_empty())
 }
+
+/// An operator process with its token endpoint on a free loopback port.
+pub struct Replica {
+    pub process: OperatorProcess,
+    pub endpoint: SocketAddr,
+}
+
+/// A replica of the operator watching `namespace`, leading under `identity`, configured by `config`.
+pub fn spawn_replica(namespace: &str, identity: &str, config: &std::path::Path) -> Replica {
+    let endpoint = free_loopback_addr();
+    let process = OperatorProcess::spawn_as(
+        TestEnv::global().operator_kubeconfig_path(),
+        namespace,
+        namespace,
+        identity,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--endpoint-addr",
+            &endpoint.to_string(),
+        ],
+    );
+    Replica { process, endpoint }
+}
+
+pub async fn wait_ready_replica(replica: &Replica) {
+    crate::support::eventually(&format!("{} /readyz", replica.process.identity), || async {
+        (replica.process.get("/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+}

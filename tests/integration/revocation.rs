@@ -2,7 +2,6 @@
 //! operator processes over real HTTP, a restart, a leader failover), swept after the token
 //! expires; re-issue, the `revoke` annotation and deletion revoke the previous token.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -12,9 +11,9 @@ use serde_json::{Value, json};
 use bootstrap_token_operator::resource::{FINALIZER, annotations};
 use bootstrap_token_operator::revocation::{RevocationReason, RevokedToken, record_name};
 use bootstrap_token_operator::token::VerifyError;
-use testenv::{TestEnv, free_loopback_addr};
+use testenv::TestEnv;
 
-use crate::process::{OperatorProcess, lease_holder};
+use crate::process::{Replica, lease_holder, spawn_replica as spawn, wait_ready_replica};
 use crate::support::*;
 
 const BOOTSTRAP_ID: &str = "f7d42348-c647-4efb-a52d-4c5787421e00";
@@ -36,35 +35,6 @@ revocation:
 "#;
 /// Every replica sees a revocation within this.
 const PROPAGATION: Duration = Duration::from_secs(5);
-
-struct Replica {
-    process: OperatorProcess,
-    endpoint: SocketAddr,
-}
-
-fn spawn(namespace: &str, identity: &str, config: &std::path::Path) -> Replica {
-    let endpoint = free_loopback_addr();
-    let process = OperatorProcess::spawn_as(
-        TestEnv::global().operator_kubeconfig_path(),
-        namespace,
-        namespace,
-        identity,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--endpoint-addr",
-            &endpoint.to_string(),
-        ],
-    );
-    Replica { process, endpoint }
-}
-
-async fn wait_ready_replica(replica: &Replica) {
-    eventually(&format!("{} /readyz", replica.process.identity), || async {
-        (replica.process.get("/readyz").await?.0 == 200).then_some(())
-    })
-    .await;
-}
 
 async fn post(
     replica: &Replica,
@@ -478,4 +448,40 @@ async fn the_default_kid_is_the_keys_thumbprint() {
     .unwrap();
     assert_eq!(header["kid"], key.kid());
     operator.stop().await;
+}
+
+/// Upgrading an install that signed with the old default kid `100` without setting
+/// `signing.kid: "100"`: its tokens keep verifying (the same key is published under `100` too)
+/// and move to the thumbprint kid by the paced re-issue, instead of failing all at once.
+#[tokio::test]
+async fn tokens_of_the_old_default_kid_survive_an_upgrade() {
+    let ns = TestEnv::global().namespace("revoke-kid-upgrade").await;
+    let old = Operator::start(&ns, "signing:\n  kid: \"100\"\n").await;
+    apply_bt(
+        &ns,
+        bt_manifest("svc", json!({"serviceId": "com.example.upgrade"})),
+    )
+    .await;
+    let before = wait_ready(&ns, "svc").await.status.unwrap();
+    assert_eq!(before.key_id.as_deref(), Some("100"));
+    let token = token_of(&secret(&ns, "svc-bootstrap-token").await.unwrap());
+    old.stop().await;
+
+    let upgraded = Operator::start(&ns, "").await;
+    let keys = upgraded.keys().await;
+    let kids: Vec<&str> = keys.all().iter().map(|key| key.kid()).collect();
+    let thumbprint = keys.active().kid().to_string();
+    assert_eq!(thumbprint.len(), 43, "the active kid is the thumbprint: {kids:?}");
+    assert!(kids.contains(&"100"), "the old kid is still published: {kids:?}");
+    assert_eq!(
+        keys.verify(&token).map(|verified| verified.kid),
+        Ok("100".to_string()),
+        "a token of the old kid still verifies"
+    );
+    eventually("the token to move to the thumbprint kid", || async {
+        let status = wait_ready(&ns, "svc").await.status?;
+        (status.key_id.as_deref() == Some(thumbprint.as_str())).then_some(())
+    })
+    .await;
+    upgraded.stop().await;
 }

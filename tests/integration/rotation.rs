@@ -4,7 +4,6 @@
 //! after, and killing the leader in the middle does not stop it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
@@ -13,9 +12,9 @@ use serde_json::json;
 use bootstrap_token_operator::resource::BootstrapToken;
 use bootstrap_token_operator::token::rotation::KEY_LABEL;
 use k8s_openapi::api::core::v1::Secret;
-use testenv::{TestEnv, free_loopback_addr};
+use testenv::TestEnv;
 
-use crate::process::{OperatorProcess, lease_holder};
+use crate::process::{Replica, lease_holder, spawn_replica as spawn, wait_ready_replica};
 use crate::support::*;
 
 /// A new key every 30 s, published 10 s before it signs; old tokens revoked 2 s after their
@@ -32,35 +31,6 @@ endpoint:
 const TOKENS: [&str; 3] = ["alpha", "beta", "gamma"];
 /// The whole rotation, a leader failover (the Lease lasts 15 s) included.
 const ROTATION: Duration = Duration::from_secs(120);
-
-struct Replica {
-    process: OperatorProcess,
-    endpoint: SocketAddr,
-}
-
-fn spawn(namespace: &str, identity: &str, config: &std::path::Path) -> Replica {
-    let endpoint = free_loopback_addr();
-    let process = OperatorProcess::spawn_as(
-        TestEnv::global().operator_kubeconfig_path(),
-        namespace,
-        namespace,
-        identity,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--endpoint-addr",
-            &endpoint.to_string(),
-        ],
-    );
-    Replica { process, endpoint }
-}
-
-async fn wait_ready_replica(replica: &Replica) {
-    eventually(&format!("{} /readyz", replica.process.identity), || async {
-        (replica.process.get("/readyz").await?.0 == 200).then_some(())
-    })
-    .await;
-}
 
 /// The kids in the replica's JWKS, over HTTP; `None` while it does not answer.
 async fn jwks(replica: &Replica) -> Option<BTreeSet<String>> {

@@ -235,13 +235,8 @@ mod tests {
         let mut bt = BootstrapToken::new(
             name,
             BootstrapTokenSpec {
-                service_id: sid.into(),
-                secret_name: None,
-                lifetime: None,
-                renew_before: None,
-                secret_template: None,
                 service_accounts: accounts.iter().map(|a| a.to_string()).collect(),
-                store_token: true,
+                ..BootstrapTokenSpec::for_service(sid)
             },
         );
         bt.metadata.namespace = Some(namespace.into());

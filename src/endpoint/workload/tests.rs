@@ -190,13 +190,8 @@ fn bt(name: &str, sid: &str) -> Arc<BootstrapToken> {
     let mut bt = BootstrapToken::new(
         name,
         BootstrapTokenSpec {
-            service_id: sid.into(),
-            secret_name: None,
-            lifetime: None,
-            renew_before: None,
-            secret_template: None,
             service_accounts: vec!["api".into()],
-            store_token: true,
+            ..BootstrapTokenSpec::for_service(sid)
         },
     );
     bt.metadata.namespace = Some("team-a".into());
