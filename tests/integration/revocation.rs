@@ -471,8 +471,15 @@ async fn tokens_of_the_old_default_kid_survive_an_upgrade() {
     let keys = upgraded.keys().await;
     let kids: Vec<&str> = keys.all().iter().map(|key| key.kid()).collect();
     let thumbprint = keys.active().kid().to_string();
-    assert_eq!(thumbprint.len(), 43, "the active kid is the thumbprint: {kids:?}");
-    assert!(kids.contains(&"100"), "the old kid is still published: {kids:?}");
+    assert_eq!(
+        thumbprint.len(),
+        43,
+        "the active kid is the thumbprint: {kids:?}"
+    );
+    assert!(
+        kids.contains(&"100"),
+        "the old kid is still published: {kids:?}"
+    );
     assert_eq!(
         keys.verify(&token).map(|verified| verified.kid),
         Ok("100".to_string()),
