@@ -533,7 +533,6 @@ fn reusable(
                 .map_err(|_| IssueReason::TokenInvalid("not UTF-8".into()))?;
             let verified = keys
                 .verify(token)
-                .and_then(|verified| issuer.check_revoked(&verified, now).map(|()| verified))
                 .map_err(|e| IssueReason::TokenInvalid(e.to_string()))?;
             (Some(token.to_string()), verified.claims, verified.kid)
         }
@@ -541,14 +540,13 @@ fn reusable(
         Some((secret, None)) => {
             let (claims, kid) = record::recorded(bt, &secret.metadata, issuer, keys)
                 .ok_or(IssueReason::SecretMissing)?;
-            if issuer.revocations().is_revoked(&claims.jti, now) {
-                return Err(IssueReason::TokenInvalid(
-                    crate::token::VerifyError::Revoked.to_string(),
-                ));
-            }
             (None, claims, kid)
         }
     };
+    // Read or only named by the metadata, a revoked token is never kept.
+    issuer
+        .check_revoked(&claims, now)
+        .map_err(|e| IssueReason::TokenInvalid(e.to_string()))?;
     let profile = issuer.profile();
     let bootstrap = issuer.bootstrap();
     let lifetime = i64::try_from(terms.lifetime.as_secs()).unwrap_or(i64::MAX);

@@ -325,13 +325,13 @@ impl Issuer {
             .await
             .map_err(|e| VerifyError::KeysUnavailable(e.to_string()))?;
         let verified = keys.verify(token)?;
-        self.check_revoked(&verified, now)?;
+        self.check_revoked(&verified.claims, now)?;
         Ok(verified)
     }
 
-    /// The revocation half of [`Issuer::verify`], for callers that hold the key set already.
-    pub fn check_revoked(&self, verified: &VerifiedToken, now: i64) -> Result<(), VerifyError> {
-        if self.revocations.is_revoked(&verified.claims.jti, now) {
+    /// The revocation half of [`Issuer::verify`], for callers that hold the claims already.
+    pub fn check_revoked(&self, claims: &Claims, now: i64) -> Result<(), VerifyError> {
+        if self.revocations.is_revoked(&claims.jti, now) {
             return Err(VerifyError::Revoked);
         }
         Ok(())
