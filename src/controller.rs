@@ -91,6 +91,9 @@ pub enum Reason {
     Forbidden,
     KeyUnavailable,
     SigningUnavailable,
+    /// The `revoke` annotation took the token back; its replacement waits for
+    /// `minReissueInterval`.
+    Revoked,
     ApiError,
 }
 
@@ -104,6 +107,7 @@ impl Reason {
             Reason::Forbidden => "Forbidden",
             Reason::KeyUnavailable => "KeyUnavailable",
             Reason::SigningUnavailable => "SigningUnavailable",
+            Reason::Revoked => "Revoked",
             Reason::ApiError => "ApiError",
         }
     }
@@ -406,6 +410,9 @@ pub enum Decision {
     /// A new token is due, but the last one was issued less than `minReissueInterval` ago: look
     /// again after this long, changing nothing meanwhile.
     Wait(Duration, IssueReason),
+    /// The `revoke` annotation has a new value within `minReissueInterval` of the last issuance:
+    /// the current token is revoked now, its replacement is issued after this long.
+    Revoke(Duration),
     /// `spec.storeToken: false`: no token is kept; a Secret kept before is deleted.
     NoSecret,
 }
@@ -453,9 +460,15 @@ pub fn decide(bt: &BootstrapToken, existing: Option<&Secret>, world: &World) -> 
     if !bt.spec.store_token {
         return Decision::NoSecret;
     }
-    let reason = match reusable(bt, issuer, terms, existing, world.keys, world.now) {
-        Ok(kept) => return Decision::Keep(terms, Box::new(kept)),
-        Err(reason) => reason,
+    // Whatever else is wrong with the Secret (or changed in the spec), a revoke request is the
+    // reason: the token is taken back at once, not after a re-issue's grace period.
+    let reason = if revoke_requested(bt, existing) {
+        IssueReason::RevokeRequested
+    } else {
+        match reusable(bt, issuer, terms, existing, world.keys, world.now) {
+            Ok(kept) => return Decision::Keep(terms, Box::new(kept)),
+            Err(reason) => reason,
+        }
     };
     let last_issued = bt
         .status
@@ -465,9 +478,27 @@ pub fn decide(bt: &BootstrapToken, existing: Option<&Secret>, world: &World) -> 
         .map(Timestamp::as_second);
     let interval = i64::try_from(issuer.bootstrap().min_reissue_interval.as_secs()).unwrap_or(0);
     match last_issued.map(|last| last.saturating_add(interval).saturating_sub(world.now)) {
+        // The interval bounds issuance, not revocation: only the replacement waits.
+        Some(wait) if wait > 0 && reason == IssueReason::RevokeRequested => {
+            Decision::Revoke(Duration::from_secs(wait.unsigned_abs()))
+        }
         Some(wait) if wait > 0 => Decision::Wait(Duration::from_secs(wait.unsigned_abs()), reason),
         _ => Decision::Issue(terms, reason),
     }
+}
+
+/// Whether the `revoke` annotation holds a value not handled yet (the Secret records the last
+/// one handled) while the status names a token to take back. Removing the annotation asks for
+/// nothing.
+fn revoke_requested(bt: &BootstrapToken, secret: Option<&Secret>) -> bool {
+    let Some(value) = annotation(bt, annotations::REVOKE) else {
+        return false;
+    };
+    let handled = secret
+        .and_then(|s| s.annotations().get(annotations::REVOKE))
+        .map(String::as_str);
+    let current = bt.status.as_ref().and_then(|s| s.token_id.as_ref());
+    current.is_some() && handled != Some(value)
 }
 
 fn terms(bt: &BootstrapToken, issuer: &Issuer) -> Result<Terms, String> {
@@ -570,15 +601,10 @@ fn reusable(
     if let Some(input) = changed {
         return Err(IssueReason::Changed(input));
     }
-    let recorded = |key| {
-        secret
-            .and_then(|s| s.annotations().get(key))
-            .map(String::as_str)
-    };
-    if recorded(annotations::REVOKE) != annotation(bt, annotations::REVOKE) {
-        return Err(IssueReason::RevokeRequested);
-    }
-    if recorded(annotations::REISSUE) != reissue_value(bt) {
+    let recorded = secret
+        .and_then(|s| s.annotations().get(annotations::REISSUE))
+        .map(String::as_str);
+    if recorded != reissue_value(bt) {
         return Err(IssueReason::Requested);
     }
     if now >= renewal_time(claims.exp, terms.renew_before) {
@@ -736,6 +762,24 @@ async fn carry_out(
             tracing::info!(%reason, ?wait, "a new token is due; waiting out bootstrap.minReissueInterval");
             return Ok(Some((Outcome::Unchanged, Action::requeue(wait))));
         }
+        Decision::Revoke(wait) => {
+            // Nothing is written when the token is revoked already (an earlier value, the
+            // endpoint): one record per issued token, however often the annotation changes.
+            if let Some(revocation) = superseded(bt, ctx, None, &IssueReason::RevokeRequested, now)
+            {
+                ctx.issuer.revocations().revoke(&revocation).await?;
+            }
+            let message = revoked_message(bt, now.saturating_add_unsigned(wait.as_secs()));
+            tracing::info!(
+                ?wait,
+                "revoked the token at once; its replacement waits out bootstrap.minReissueInterval"
+            );
+            let outcome = Outcome::NotReady {
+                reason: Reason::Revoked,
+                message,
+            };
+            return Ok(Some((outcome, Action::requeue(wait))));
+        }
         Decision::Issue(_, IssueReason::KeyRotated)
             if let Err(wait) = ctx.pace_rotation(&ObjectRef::from(bt).to_string()) =>
         {
@@ -761,7 +805,7 @@ async fn carry_out(
                 .await?;
             // Before the Secret changes: should this write fail, the old token is still the
             // status's and is revoked on the retry.
-            if let Some(revocation) = superseded(bt, ctx, &issued.claims.jti, &reason, now) {
+            if let Some(revocation) = superseded(bt, ctx, Some(&issued.claims.jti), &reason, now) {
                 ctx.issuer.revocations().revoke(&revocation).await?;
             }
             let kept = Kept {
@@ -856,13 +900,14 @@ async fn carry_out(
     )))
 }
 
-/// The revocation of the token the status names, now that `new_jti` replaces it. The status, not
-/// the Secret's annotations, says which token that is: whoever may write the Secret must not
-/// make the operator revoke a token of their choosing.
+/// The revocation of the token the status names, now that `new_jti` replaces it (or, with none,
+/// before its replacement is issued). The status, not the Secret's annotations, says which token
+/// that is: whoever may write the Secret must not make the operator revoke a token of their
+/// choosing.
 fn superseded(
     bt: &BootstrapToken,
     ctx: &Context,
-    new_jti: &str,
+    new_jti: Option<&str>,
     reason: &IssueReason,
     now: i64,
 ) -> Option<revocation::Revocation> {
@@ -878,7 +923,7 @@ fn superseded(
     };
     revocation::on_replace(
         Some(previous),
-        Some(new_jti),
+        new_jti,
         why,
         &ctx.issuer.bootstrap().client_id,
         &bt.spec.service_id,
@@ -1176,6 +1221,20 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
     Ok(())
 }
 
+/// The Ready message while a revoked token waits for its replacement, issued at `next`.
+fn revoked_message(bt: &BootstrapToken, next: i64) -> String {
+    let token = bt
+        .status
+        .as_ref()
+        .and_then(|s| s.token_id.as_deref())
+        .unwrap_or_default();
+    format!(
+        "token {token} was revoked by the {} annotation; its replacement is issued at {} (bootstrap.minReissueInterval after the last issuance)",
+        annotations::REVOKE,
+        rfc3339(next)
+    )
+}
+
 fn no_secret_message(bt: &BootstrapToken) -> String {
     let accounts = &bt.spec.service_accounts;
     if accounts.is_empty() {
@@ -1401,6 +1460,7 @@ mod tests {
         Keep,
         Issue(IssueReason),
         Wait(u64),
+        Revoke(u64),
         NoSecret,
     }
 
@@ -1420,12 +1480,20 @@ mod tests {
         decide(bt, existing, &world)
     }
 
+    /// `bt` whose status names the token issued at `at`.
     fn issued_at(mut bt: BootstrapToken, at: i64) -> BootstrapToken {
         bt.status = Some(BootstrapTokenStatus {
             issued_at: Some(rfc3339(at)),
+            token_id: Some("current-jti".into()),
             ..Default::default()
         });
         bt
+    }
+
+    /// `secret` recording `value` as the handled value of the annotation `key`.
+    fn handled(mut secret: Secret, key: &str, value: &str) -> Secret {
+        secret.annotations_mut().insert(key.into(), value.into());
+        secret
     }
 
     #[test]
@@ -1475,8 +1543,16 @@ mod tests {
             ("version claim changed", bt(|_| {}), vec![], Some(changed(|c| c.version_claim = VersionClaim::Ver)), NOW, Want::Issue(IssueReason::Changed(Input::VersionClaim))),
             ("version value changed", bt(|_| {}), vec![], Some(changed(|c| c.version = "2.0".into())), NOW, Want::Issue(IssueReason::Changed(Input::VersionClaim))),
             ("reissue requested", with_reissue(bt(|_| {}), "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::Requested)),
-            ("revoke requested", with_annotation(bt(|_| {}), annotations::REVOKE, "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::RevokeRequested)),
-            ("revoke and reissue both new: revoke wins", with_reissue(with_annotation(bt(|_| {}), annotations::REVOKE, "1"), "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::RevokeRequested)),
+            ("revoke requested", with_annotation(issued_at(bt(|_| {}), NOW - 60), annotations::REVOKE, "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::RevokeRequested)),
+            ("revoke and reissue both new: revoke wins", with_reissue(with_annotation(issued_at(bt(|_| {}), NOW - 60), annotations::REVOKE, "1"), "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::RevokeRequested)),
+            ("revoke and a changed input: revoke wins", with_annotation(issued_at(bt(|s| s.lifetime = Some("9h".into())), NOW - 60), annotations::REVOKE, "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::RevokeRequested)),
+            ("revoke value already handled", with_annotation(issued_at(bt(|_| {}), NOW - 60), annotations::REVOKE, "1"), vec![], Some(handled(fresh.clone(), annotations::REVOKE, "1")), NOW, Want::Keep),
+            ("revoke annotation removed: nothing to revoke", issued_at(bt(|_| {}), NOW - 60), vec![], Some(handled(fresh.clone(), annotations::REVOKE, "1")), NOW, Want::Keep),
+            ("revoke on a new object: no token to take back", with_annotation(bt(|_| {}), annotations::REVOKE, "1"), vec![], None, NOW, Want::Issue(IssueReason::SecretMissing)),
+            ("revoke within minReissueInterval: revoked now, replaced later", with_annotation(issued_at(bt(|_| {}), NOW - 4), annotations::REVOKE, "2"), vec![], Some(handled(fresh.clone(), annotations::REVOKE, "1")), NOW, Want::Revoke(6)),
+            ("revoke with a re-issue within the interval: revoked now", with_reissue(with_annotation(issued_at(bt(|_| {}), NOW - 4), annotations::REVOKE, "1"), "1"), vec![], Some(fresh.clone()), NOW, Want::Revoke(6)),
+            ("revoke with the Secret gone within the interval: revoked now", with_annotation(issued_at(bt(|_| {}), NOW - 9), annotations::REVOKE, "1"), vec![], None, NOW, Want::Revoke(1)),
+            ("revoke at minReissueInterval: replaced at once", with_annotation(issued_at(bt(|_| {}), NOW - 10), annotations::REVOKE, "1"), vec![], Some(fresh.clone()), NOW, Want::Issue(IssueReason::RevokeRequested)),
             ("reissue value already served", with_reissue(bt(|_| {}), "1"), vec![], Some(secret(UID, Some(signed(&KEYS, &claims(NOW - 60)).as_bytes()), Some("1"))), NOW, Want::Keep),
             ("reissue annotation removed", bt(|_| {}), vec![], Some(secret(UID, Some(signed(&KEYS, &claims(NOW - 60)).as_bytes()), Some("1"))), NOW, Want::Issue(IssueReason::Requested)),
             ("one second before renewal", bt(|_| {}), vec![], Some(at_renewal.clone()), renewal_at(iat) - 1, Want::Keep),
@@ -1509,7 +1585,8 @@ mod tests {
                 (Want::Issue(reason), Decision::Issue(_, got_reason)) => {
                     assert_eq!(got_reason, reason, "{name}")
                 }
-                (Want::Wait(seconds), Decision::Wait(wait, _)) => {
+                (Want::Wait(seconds), Decision::Wait(wait, _))
+                | (Want::Revoke(seconds), Decision::Revoke(wait)) => {
                     assert_eq!(wait.as_secs(), *seconds, "{name}")
                 }
                 (Want::NoSecret, Decision::NoSecret) => {}

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -491,4 +492,144 @@ async fn tokens_of_the_old_default_kid_survive_an_upgrade() {
     })
     .await;
     upgraded.stop().await;
+}
+
+/// `minReissueInterval` bounds issuance, not revocation: the `revoke` annotation takes the token
+/// back at once even right after an issuance, the object says so (Ready=False `Revoked`, a
+/// Warning event) until the replacement comes once the interval allows, and a value arriving
+/// while the token is revoked already writes nothing.
+#[tokio::test]
+async fn the_revoke_annotation_revokes_at_once_within_the_reissue_interval() {
+    const INTERVAL: i64 = 20;
+    let ns = TestEnv::global().namespace("revoke-now").await;
+    let operator = Operator::start(
+        &ns,
+        &format!("bootstrap:\n  minReissueInterval: {INTERVAL}s\n"),
+    )
+    .await;
+    let issuer = operator.ctx.issuer.clone();
+    let api: Api<bootstrap_token_operator::resource::BootstrapToken> =
+        Api::namespaced(admin().await, &ns);
+    let annotate = |key: &'static str, value: &'static str| {
+        let api = api.clone();
+        async move {
+            let patch = json!({"metadata": {"annotations": {key: value}}});
+            api.patch("svc", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    };
+    let revoked_now = |token: String| {
+        let issuer = issuer.clone();
+        async move {
+            let now = jiff::Timestamp::now().as_second();
+            (issuer.verify(&token, now).await == Err(VerifyError::Revoked)).then_some(())
+        }
+    };
+    let record_writes = || {
+        operator
+            .writes
+            .requests()
+            .iter()
+            .filter(|r| r.method != http::Method::GET && r.path.contains("revokedtokens"))
+            .count()
+    };
+    apply_bt(
+        &ns,
+        bt_manifest("svc", json!({"serviceId": "com.example.now"})),
+    )
+    .await;
+    let first = wait_ready(&ns, "svc").await.status.unwrap();
+    let first_token = token_of(&held_secret(&ns).await);
+    let first_jti = first.token_id.clone().unwrap();
+
+    // Right after the issuance: revoked within seconds, not after the interval.
+    annotate(annotations::REVOKE, "1").await;
+    eventually_within(PROPAGATION, "the token revoked at once", || {
+        revoked_now(first_token.clone())
+    })
+    .await;
+    let record = record(&ns, &first_jti).await.expect("a RevokedToken");
+    assert_eq!(record.spec.reason, RevocationReason::RevokeRequested);
+    let waiting = wait_reason(&ns, "svc", "Revoked").await;
+    let ready = waiting.ready_condition().unwrap();
+    assert_eq!(ready.status, "False");
+    let issued = first
+        .issued_at
+        .as_deref()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    let next = jiff::Timestamp::from_second(issued.as_second() + INTERVAL).unwrap();
+    assert!(
+        ready.message.contains(&first_jti) && ready.message.contains(&next.to_string()),
+        "names the revoked token and when its replacement comes: {}",
+        ready.message
+    );
+    eventually("a Warning event saying so", || async {
+        events_regarding(&ns, "BootstrapToken", "svc")
+            .await
+            .iter()
+            .any(|(type_, reason, _)| type_ == "Warning" && reason == "Revoked")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        token_of(&held_secret(&ns).await),
+        first_token,
+        "no new token within the interval"
+    );
+
+    // Another value while the token is revoked already: a reconcile that writes nothing.
+    let (writes, reconciles) = (operator.writes.get(), operator.reconciles());
+    annotate(annotations::REVOKE, "2").await;
+    eventually("the reconcile of the second value", || async {
+        (operator.reconciles() > reconciles).then_some(())
+    })
+    .await;
+    assert_eq!(operator.writes.get(), writes, "nothing written");
+    assert_eq!(record_writes(), 1, "one record per issued token");
+
+    // The replacement, once the interval allows, records the value it handled.
+    let second = eventually_within(
+        DEADLINE + Duration::from_secs(INTERVAL as u64),
+        "the replacement token",
+        || async {
+            let status = wait_ready(&ns, "svc").await.status?;
+            (status.token_id.as_deref() != Some(first_jti.as_str())).then_some(status)
+        },
+    )
+    .await;
+    let reissued = second
+        .issued_at
+        .as_deref()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    assert!(
+        reissued.as_second() - issued.as_second() >= INTERVAL,
+        "issued {}s after the first",
+        reissued.as_second() - issued.as_second()
+    );
+    let held = held_secret(&ns).await;
+    assert_eq!(held.annotations()[annotations::REVOKE], "2");
+    let second_token = token_of(&held);
+    assert!(revoked_now(second_token.clone()).await.is_none());
+    assert!(
+        events_for(&ns, "svc")
+            .await
+            .iter()
+            .any(|(reason, note)| reason == "Reissued" && note.contains(annotations::REVOKE)),
+        "the Reissued event says why"
+    );
+
+    // A second revoke right away, inside the new token's interval: revoked at once as well.
+    annotate(annotations::REVOKE, "3").await;
+    eventually_within(PROPAGATION, "the new token revoked at once", || {
+        revoked_now(second_token.clone())
+    })
+    .await;
+    wait_reason(&ns, "svc", "Revoked").await;
+    assert_eq!(record_writes(), 2);
+    operator.stop().await;
 }
