@@ -77,6 +77,21 @@ impl EventPublisher {
             .await
             .map(drop)
     }
+
+    /// Publishes `event` regarding the Secret `namespace/name` (a signing key's); best effort: a
+    /// failure is logged, not returned.
+    pub async fn publish_on_secret(&self, event: &Event, namespace: &str, name: &str) {
+        let regarding = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        };
+        if let Err(error) = self.publish(event, &regarding).await {
+            tracing::warn!(%error, reason = %event.reason, "could not publish event");
+        }
+    }
 }
 
 fn truncate(note: &str) -> String {

@@ -1,19 +1,67 @@
-//! Keeps the active signing key's Secret in place while the operator runs. Deleted, it is put back
-//! from memory (create-only, so replicas racing to restore it are harmless: a 409 means another
-//! one did). Changed to another key, or emptied, it is reported — error log, Warning event,
+//! Keeps the configured signing key's Secret in place while the operator runs. Deleted, it is put
+//! back from memory as it was last seen, its rotation annotations included (a retired key stays
+//! retired). Changed to another key, or emptied, it is reported — error log, Warning event,
 //! `bootstrap_token_signing_key_mismatch` — and never adopted: the operator keeps signing with
-//! the key it loaded, and a restart would load the Secret as it is then.
+//! the key it loaded, and a restart would load the Secret as it is then. [`restore`] also puts
+//! back rotated keys' Secrets ([`crate::rotation`]).
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::events::EventPublisher;
 use crate::leader::Shutdown;
-use crate::token::store::{KEY_FIELD, KeyProvider, key_secret};
+use crate::token::store::{KEY_FIELD, KeyMetrics, KeyProvider, key_secret};
 use crate::token::{LocalKey, Signer};
+
+/// Creates the signing-key Secret `secret` again after it was deleted: its name, labels,
+/// annotations (a rotated key's phase and times), type and data, nothing the API server set. Said
+/// in a Warning event `SigningKeyRestored` and `bootstrap_token_signing_key_restored_total`.
+/// Create-only: a Secret of that name (another replica's restore, or anyone's) is never
+/// overwritten; that is `Ok(false)`.
+pub async fn restore(
+    api: &Api<Secret>,
+    secret: &Secret,
+    metrics: &KeyMetrics,
+    recorder: &EventPublisher,
+) -> Result<bool, kube::Error> {
+    let name = secret.name_any();
+    match api.create(&PostParams::default(), &as_it_was(secret)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => return Ok(false),
+        Err(error) => return Err(error),
+    }
+    metrics.restored.inc();
+    tracing::warn!(secret = %name, "a signing-key Secret was deleted; restored it from memory");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "SigningKeyRestored".into(),
+        note: Some("the signing key Secret was deleted; restored from the key in memory".into()),
+        action: "Guard".into(),
+        secondary: None,
+    };
+    let namespace = api.namespace().unwrap_or_default();
+    recorder.publish_on_secret(&event, namespace, &name).await;
+    Ok(true)
+}
+
+/// The Secret to create so that it is `secret` again.
+fn as_it_was(secret: &Secret) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: secret.metadata.name.clone(),
+            labels: secret.metadata.labels.clone(),
+            annotations: secret.metadata.annotations.clone(),
+            ..Default::default()
+        },
+        type_: secret.type_.clone(),
+        data: secret.data.clone(),
+        ..Default::default()
+    }
+}
 
 /// Watches the key Secret until `stop`; does nothing when the keys do not come from a Secret.
 pub async fn run(keys: &KeyProvider, recorder: &EventPublisher, stop: Shutdown) {
@@ -36,16 +84,19 @@ pub async fn run(keys: &KeyProvider, recorder: &EventPublisher, stop: Shutdown) 
     // Whether the Secret was in the (re)listing: a deletion during a watch gap shows only as
     // its absence there, not as a Delete event.
     let mut listed = false;
+    // The Secret as last seen, to put it back as it was.
+    let mut seen: Option<Secret> = None;
     loop {
         match events.try_next().await {
             Ok(Some(watcher::Event::Init)) => listed = false,
             Ok(Some(watcher::Event::InitApply(s) | watcher::Event::Apply(s))) => {
                 listed = true;
                 guard.check(&s).await;
+                seen = Some(s);
             }
-            Ok(Some(watcher::Event::InitDone)) if !listed => guard.restore().await,
+            Ok(Some(watcher::Event::InitDone)) if !listed => guard.restore(seen.as_ref()).await,
             Ok(Some(watcher::Event::InitDone)) => {}
-            Ok(Some(watcher::Event::Delete(_))) => guard.restore().await,
+            Ok(Some(watcher::Event::Delete(s))) => guard.restore(Some(&s)).await,
             Ok(None) => break,
             Err(error) => tracing::warn!(%error, "watching the signing key Secret"),
         }
@@ -62,28 +113,21 @@ struct Guard<'a> {
 
 impl Guard<'_> {
     /// Puts the Secret back with the key in memory, if one was loaded (before that, a missing
-    /// Secret is the loader's business: it creates one or reports the key lost).
-    async fn restore(&self) {
+    /// Secret is the loader's business: it creates one or reports the key lost), with the labels
+    /// and annotations it had when `seen` (its rotation phase: retired or not, it is the key the
+    /// operator loads at start).
+    async fn restore(&self, seen: Option<&Secret>) {
         let Some(pem) = self.keys.active_pem() else {
             return;
         };
-        match self
-            .api
-            .create(&PostParams::default(), &key_secret(self.name, pem))
-            .await
-        {
-            Ok(_) => {
-                self.keys.metrics().restored.inc();
-                tracing::warn!(secret = %self.name, kid = %self.kid,
-                    "the signing key Secret was deleted; restored it from memory");
-                self.report(
-                    EventType::Warning,
-                    "SigningKeyRestored",
-                    "the signing key Secret was deleted; restored from the key in memory",
-                )
-                .await;
-            }
-            Err(kube::Error::Api(status)) if status.code == 409 => {
+        let mut secret = key_secret(self.name, pem);
+        if let Some(seen) = seen {
+            secret.metadata.labels = seen.metadata.labels.clone();
+            secret.metadata.annotations = seen.metadata.annotations.clone();
+        }
+        match restore(&self.api, &secret, self.keys.metrics(), self.recorder).await {
+            Ok(true) => {}
+            Ok(false) => {
                 tracing::debug!(secret = %self.name, "another replica restored the signing key Secret");
             }
             Err(error) => tracing::error!(%error, secret = %self.name,
@@ -129,13 +173,6 @@ impl Guard<'_> {
     }
 
     async fn report(&self, type_: EventType, reason: &str, note: &str) {
-        let regarding = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Secret".into()),
-            name: Some(self.name.into()),
-            namespace: self.api.namespace().map(str::to_string),
-            ..Default::default()
-        };
         let event = Event {
             type_,
             reason: reason.into(),
@@ -143,8 +180,37 @@ impl Guard<'_> {
             action: "Guard".into(),
             secondary: None,
         };
-        if let Err(error) = self.recorder.publish(&event, &regarding).await {
-            tracing::warn!(%error, reason, "could not publish event");
-        }
+        let namespace = self.api.namespace().unwrap_or_default();
+        self.recorder
+            .publish_on_secret(&event, namespace, self.name)
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+
+    use super::*;
+
+    /// Put back as it was: what the operator or an administrator wrote, not what the API server
+    /// set (a resourceVersion or uid would fail the create) nor an owner that may be gone.
+    #[test]
+    fn a_restored_secret_is_the_one_seen_less_what_the_server_set() {
+        let mut seen = key_secret("next-key", b"pem");
+        seen.metadata.annotations = Some(BTreeMap::from([(
+            "bootstraptoken.dev/active-from".to_string(),
+            "2027-01-01T00:00:00Z".to_string(),
+        )]));
+        let wanted = seen.clone();
+        seen.metadata.uid = Some("uid".into());
+        seen.metadata.resource_version = Some("42".into());
+        seen.metadata.creation_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        seen.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        seen.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+        seen.metadata.owner_references = Some(vec![OwnerReference::default()]);
+        assert_eq!(as_it_was(&seen), wanted);
     }
 }

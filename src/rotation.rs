@@ -1,15 +1,16 @@
 //! Signing-key rotation carried out. Every replica follows the signing-key Secrets into its key
 //! set ([`Rotation::follow`]); the leader takes the steps [`next_step`] decides
 //! ([`Rotation::lead`]): schedule an administrator's key, create the next key, note each phase
-//! (with an event), retire a drained key. All state is in the Secrets' annotations, so a restart
-//! or a new leader carries on from there.
+//! (with an event), retire a drained key, put back a key Secret deleted before its key was
+//! retired. All state is in the Secrets' annotations, so a restart or a new leader carries on
+//! from there.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
@@ -18,6 +19,7 @@ use serde_json::json;
 
 use crate::endpoint::EndpointConfig;
 use crate::events::EventPublisher;
+use crate::keyguard;
 use crate::leader::Shutdown;
 use crate::revocation::{RevokedToken, parse_time, rfc3339};
 use crate::token::rotation::{
@@ -66,9 +68,95 @@ pub struct Rotation {
     config: RotationConfig,
     drain: Duration,
     keys: Arc<KeyProvider>,
-    /// The key Secrets as this replica's watch last saw them (none before the first list): the
-    /// leader plans from them, so an idle leader sends no request.
-    seen: tokio::sync::watch::Sender<Option<Vec<Secret>>>,
+    /// The key Secrets as this replica's watch last saw them, and those gone it keeps (none
+    /// before the first list): the leader plans from them, so an idle leader sends no request.
+    seen: tokio::sync::watch::Sender<Option<KeySecrets>>,
+    /// Gone key Secrets the leader found a Secret of the same name in place of: not tried again
+    /// until the watch shows that name again.
+    taken: std::sync::Mutex<HashSet<String>>,
+}
+
+/// The key Secrets the watch shows, and those it no longer shows that are kept
+/// ([`kept_when_gone`]): their keys stay in the key set, and the leader puts them back.
+#[derive(Debug, Clone, Default)]
+struct KeySecrets {
+    present: BTreeMap<String, Secret>,
+    gone: BTreeMap<String, Secret>,
+}
+
+impl KeySecrets {
+    /// A complete listing (the first, or after a watch gap, where a deletion shows only as an
+    /// absence).
+    fn listed(&mut self, listing: BTreeMap<String, Secret>, keep: impl Fn(&Secret) -> bool) {
+        let before = std::mem::replace(&mut self.present, listing);
+        for (name, secret) in before {
+            if !self.present.contains_key(&name) && keep(&secret) {
+                self.gone.insert(name, secret);
+            }
+        }
+        let present = &self.present;
+        self.gone.retain(|name, _| !present.contains_key(name));
+    }
+
+    fn applied(&mut self, secret: Secret) {
+        let name = secret.name_any();
+        self.gone.remove(&name);
+        self.present.insert(name, secret);
+    }
+
+    /// `secret` as it was when deleted.
+    fn deleted(&mut self, secret: Secret, keep: impl Fn(&Secret) -> bool) {
+        let name = secret.name_any();
+        self.present.remove(&name);
+        if keep(&secret) {
+            self.gone.insert(name, secret);
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Secret> {
+        self.present.values().chain(self.gone.values())
+    }
+}
+
+/// Whether a key Secret that went away is kept, its key verifying on every replica until the
+/// leader puts it back: the configured key's always (its guard puts it back, and meanwhile its
+/// phase stands, retired included), any other holding a key until that key is retired (then it
+/// may go: it verifies nothing any more).
+fn kept_when_gone(secret: &Secret, base_name: &str, now: i64) -> bool {
+    let (state, signer) = key_of(secret, base_name);
+    state.base || (signer.is_some() && !state.retired(now))
+}
+
+/// A key Secret as the decisions see it, with its key (none if unreadable).
+fn key_of(secret: &Secret, base_name: &str) -> (KeyState, Option<Arc<dyn Signer>>) {
+    let name = secret.name_any();
+    let base = name == base_name;
+    let signer = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(KEY_FIELD))
+        .and_then(|pem| LocalKey::from_pem("(rotated key)", &pem.0).ok())
+        .map(|key| Arc::new(key.named(None)) as Arc<dyn Signer>);
+    let notes = secret.annotations();
+    let time = |key: &str| notes.get(key).and_then(|text| parse_time(text));
+    let state = KeyState {
+        kid: signer
+            .as_ref()
+            .map(|s| s.kid().to_string())
+            .unwrap_or_default(),
+        created: secret
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+        publish_from: time(PUBLISH_FROM),
+        active_from: time(ACTIVE_FROM),
+        retired_at: time(RETIRED_AT),
+        noted: notes.get(PHASE).and_then(|text| Phase::parse(text)),
+        base,
+        name,
+    };
+    (state, signer)
 }
 
 impl Rotation {
@@ -94,6 +182,7 @@ impl Rotation {
             drain,
             keys,
             seen: tokio::sync::watch::Sender::new(None),
+            taken: Default::default(),
         })
     }
 
@@ -114,8 +203,9 @@ impl Rotation {
             .take_until(stop)
             .boxed();
         let mut listing = BTreeMap::new();
-        // The Secrets as last listed and watched; none until the first list is complete.
-        let mut known: Option<BTreeMap<String, Secret>> = None;
+        // The Secrets as last listed and watched, and those gone that are kept; none until the
+        // first list is complete.
+        let mut known: Option<KeySecrets> = None;
         // When the phases change next by the clock alone.
         let mut next: Option<i64> = None;
         loop {
@@ -129,6 +219,8 @@ impl Rotation {
                 event = events.try_next() => Some(event),
                 () = wake => None,
             };
+            let now = jiff::Timestamp::now().as_second();
+            let keep = |secret: &Secret| kept_when_gone(secret, &self.base_name, now);
             match event {
                 // The clock moved a key to its next phase.
                 None => {}
@@ -141,16 +233,18 @@ impl Rotation {
                     continue;
                 }
                 Some(Ok(Some(watcher::Event::InitDone))) => {
-                    known = Some(std::mem::take(&mut listing));
+                    known
+                        .get_or_insert_default()
+                        .listed(std::mem::take(&mut listing), keep);
                 }
                 Some(Ok(Some(watcher::Event::Apply(secret)))) => {
                     if let Some(known) = &mut known {
-                        known.insert(secret.name_any(), secret);
+                        known.applied(secret);
                     }
                 }
                 Some(Ok(Some(watcher::Event::Delete(secret)))) => {
                     if let Some(known) = &mut known {
-                        known.remove(&secret.name_any());
+                        known.deleted(secret, keep);
                     }
                 }
                 Some(Ok(None)) => break,
@@ -159,53 +253,21 @@ impl Rotation {
                     continue;
                 }
             }
-            if let Some(known) = &known {
-                let now = jiff::Timestamp::now().as_second();
+            if let Some(known) = &mut known {
+                // Gone before its key was retired, then retired by the clock: it may go now.
+                known.gone.retain(|_, secret| keep(secret));
                 let rotated: Vec<_> = known
-                    .values()
-                    .filter_map(|secret| self.key_of(secret))
+                    .all()
+                    .map(|secret| key_of(secret, &self.base_name))
                     .collect();
                 for (state, _) in rotated.iter().filter(|(s, key)| key.is_none() && !s.base) {
                     tracing::warn!(secret = %state.name,
                         "signing-key Secret has no valid {KEY_FIELD}; it is left out of the key set");
                 }
                 next = self.keys.install(rotated, now);
-                self.seen
-                    .send_replace(Some(known.values().cloned().collect()));
+                self.seen.send_replace(Some(known.clone()));
             }
         }
-    }
-
-    /// A key Secret as the decisions see it, with its key (none if unreadable).
-    fn key_of(&self, secret: &Secret) -> Option<(KeyState, Option<Arc<dyn Signer>>)> {
-        let name = secret.name_any();
-        let base = name == self.base_name;
-        let signer = secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(KEY_FIELD))
-            .and_then(|pem| LocalKey::from_pem("(rotated key)", &pem.0).ok())
-            .map(|key| Arc::new(key.named(None)) as Arc<dyn Signer>);
-        let notes = secret.annotations();
-        let time = |key: &str| notes.get(key).and_then(|text| parse_time(text));
-        let state = KeyState {
-            kid: signer
-                .as_ref()
-                .map(|s| s.kid().to_string())
-                .unwrap_or_default(),
-            created: secret
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map_or(0, |t| t.0.as_second()),
-            publish_from: time(PUBLISH_FROM),
-            active_from: time(ACTIVE_FROM),
-            retired_at: time(RETIRED_AT),
-            noted: notes.get(PHASE).and_then(|text| Phase::parse(text)),
-            base,
-            name,
-        };
-        Some((state, signer))
     }
 
     /// Takes rotation steps until `stop` (the leader). `tokens_by_kid` counts the BootstrapTokens
@@ -257,13 +319,17 @@ impl Rotation {
             namespace: self.namespace.clone(),
             source,
         };
-        let Some(listed) = self.seen.borrow().clone() else {
+        let Some(known) = self.seen.borrow().clone() else {
             return Ok(Some(POLL));
         };
+        if self.restore_gone(&known, recorder).await? {
+            return Ok(None);
+        }
+        let listed = known.present;
         // Labelled once there is something to rotate: a plain install writes nothing.
         let rotating = !listed.is_empty() || self.config.every.is_some();
         if rotating
-            && !listed.iter().any(|s| s.name_any() == self.base_name)
+            && !listed.contains_key(&self.base_name)
             && let Some(base) = self.secrets.get_opt(&self.base_name).await.map_err(api)?
             && base.labels().get(KEY_LABEL).is_none()
         {
@@ -273,8 +339,8 @@ impl Rotation {
             return Ok(None);
         }
         let mut keys: Vec<KeyState> = listed
-            .iter()
-            .filter_map(|secret| self.key_of(secret))
+            .values()
+            .map(|secret| key_of(secret, &self.base_name))
             .map(|(mut state, _)| {
                 if state.base
                     && let Some(base) = self.keys.base()
@@ -418,6 +484,43 @@ impl Rotation {
         Ok(None)
     }
 
+    /// Puts back a key Secret gone before its key was retired (the configured key's is the key
+    /// guard's); whether one was.
+    async fn restore_gone(
+        &self,
+        known: &KeySecrets,
+        recorder: &EventPublisher,
+    ) -> Result<bool, RotationError> {
+        let gone = {
+            let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+            // Shown again: should it go again, it is put back again.
+            taken.retain(|name| !known.present.contains_key(name));
+            known
+                .gone
+                .iter()
+                .find(|(name, _)| **name != self.base_name && !taken.contains(*name))
+                .map(|(name, secret)| (name.clone(), secret.clone()))
+        };
+        let Some((name, secret)) = gone else {
+            return Ok(false);
+        };
+        let restored = keyguard::restore(&self.secrets, &secret, self.keys.metrics(), recorder)
+            .await
+            .map_err(|source| RotationError::Api {
+                namespace: self.namespace.clone(),
+                source,
+            })?;
+        if !restored {
+            tracing::info!(secret = %name,
+                "a Secret of that name exists again (another replica restored it, or it lacks the signing-key label and is left untouched); its key stays in memory");
+            self.taken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name);
+        }
+        Ok(restored)
+    }
+
     /// A merge patch of our own key Secret's metadata.
     async fn patch(&self, name: &str, patch: &serde_json::Value) -> Result<(), RotationError> {
         self.secrets
@@ -431,13 +534,6 @@ impl Rotation {
     }
 
     async fn report(&self, recorder: &EventPublisher, name: &str, reason: &str, note: String) {
-        let regarding = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Secret".into()),
-            name: Some(name.into()),
-            namespace: Some(self.namespace.clone()),
-            ..Default::default()
-        };
         let event = Event {
             type_: EventType::Normal,
             reason: reason.into(),
@@ -445,9 +541,9 @@ impl Rotation {
             action: "Rotate".into(),
             secondary: None,
         };
-        if let Err(error) = recorder.publish(&event, &regarding).await {
-            tracing::warn!(%error, reason, "could not publish event");
-        }
+        recorder
+            .publish_on_secret(&event, &self.namespace, name)
+            .await;
     }
 }
 
@@ -455,4 +551,87 @@ impl Rotation {
 fn until(at: i64) -> Duration {
     let now = jiff::Timestamp::now().as_millisecond();
     Duration::from_millis(u64::try_from(at.saturating_mul(1000).saturating_sub(now)).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::LazyLock;
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    static PEM: LazyLock<String> =
+        LazyLock::new(|| LocalKey::generate("k").unwrap().to_pkcs8_pem().unwrap());
+
+    /// A key Secret named `name`, its key readable or not, retired at `retired_at` if set.
+    fn key(name: &str, readable: bool, retired_at: Option<i64>) -> Secret {
+        let pem = if readable {
+            PEM.as_bytes()
+        } else {
+            b"not a key"
+        };
+        let mut secret = key_secret(name, pem);
+        if let Some(at) = retired_at {
+            secret
+                .annotations_mut()
+                .insert(RETIRED_AT.into(), rfc3339(at));
+        }
+        secret
+    }
+
+    #[test]
+    fn which_key_secrets_are_kept_when_gone() {
+        #[rustfmt::skip]
+        let cases = [
+            ("a rotated key", key("next", true, None), true),
+            ("a rotated key retired later", key("next", true, Some(NOW + 1)), true),
+            ("a retired rotated key may go", key("next", true, Some(NOW)), false),
+            ("no key to keep", key("next", false, None), false),
+            ("the configured key", key("base", true, None), true),
+            ("the configured key, retired: its guard puts it back", key("base", true, Some(NOW - 1)), true),
+        ];
+        for (name, secret, want) in cases {
+            assert_eq!(kept_when_gone(&secret, "base", NOW), want, "{name}");
+        }
+    }
+
+    /// What the watch shows, and what is kept of what it no longer shows, as events come.
+    #[test]
+    fn gone_key_secrets_are_kept_until_they_are_back() {
+        let keep = |secret: &Secret| kept_when_gone(secret, "base", NOW);
+        let names = |map: &BTreeMap<String, Secret>| map.keys().cloned().collect::<Vec<_>>();
+        let listing = |secrets: &[Secret]| {
+            secrets
+                .iter()
+                .map(|s| (s.name_any(), s.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let mut known = KeySecrets::default();
+        let (base, next, old) = (
+            key("base", true, None),
+            key("next", true, None),
+            key("old", true, Some(NOW - 1)),
+        );
+        known.listed(listing(&[base.clone(), next.clone(), old.clone()]), keep);
+        assert_eq!(names(&known.present), ["base", "next", "old"]);
+        assert!(known.gone.is_empty());
+
+        known.deleted(next.clone(), keep);
+        known.deleted(old.clone(), keep);
+        assert_eq!(names(&known.present), ["base"]);
+        assert_eq!(names(&known.gone), ["next"], "a retired key may go");
+        assert_eq!(known.all().count(), 2, "the gone key still verifies");
+
+        known.applied(next.clone());
+        assert_eq!(names(&known.present), ["base", "next"]);
+        assert!(known.gone.is_empty(), "restored");
+
+        // Deleted during a watch gap: the relisting shows only its absence.
+        known.listed(listing(std::slice::from_ref(&next)), keep);
+        assert_eq!(names(&known.present), ["next"]);
+        assert_eq!(names(&known.gone), ["base"]);
+        known.listed(listing(&[base, next]), keep);
+        assert!(known.gone.is_empty());
+    }
 }

@@ -90,7 +90,7 @@ impl KeyState {
         }
     }
 
-    fn retired(&self, now: i64) -> bool {
+    pub fn retired(&self, now: i64) -> bool {
         self.retired_at.is_some_and(|at| at <= now)
     }
 

@@ -397,7 +397,7 @@ pub struct KeyMetrics {
     pub unavailable: Gauge,
     /// 1 while the key Secret holds another key than the one the operator signs with.
     pub mismatch: Gauge,
-    /// Times the key Secret was put back from memory after it was deleted.
+    /// Times a key Secret was put back from memory after it was deleted.
     pub restored: Counter,
     /// 1 for each signing key's current phase.
     pub phase: Family<KeyPhaseLabels, Gauge>,
@@ -487,7 +487,7 @@ impl KeyProvider {
         );
         registry.register(
             "bootstrap_token_signing_key_restored",
-            "Times the deleted signing key Secret was restored from memory",
+            "Times a deleted signing-key Secret was restored from memory",
             self.metrics.restored.clone(),
         );
     }

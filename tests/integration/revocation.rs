@@ -69,7 +69,8 @@ async fn bootstrap_grant(replica: &Replica, sid: &str) -> String {
     body["access_token"].as_str().unwrap().to_string()
 }
 
-async fn active(replica: &Replica, token: &str) -> bool {
+/// Whether introspection on `replica`, as the admin client, calls `token` active.
+pub(crate) async fn active(replica: &Replica, token: &str) -> bool {
     let (status, body) = post(
         replica,
         "/oauth2/introspect",

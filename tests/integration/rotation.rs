@@ -6,15 +6,20 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use kube::api::{Api, ListParams};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 use bootstrap_token_operator::resource::BootstrapToken;
-use bootstrap_token_operator::token::rotation::KEY_LABEL;
+use bootstrap_token_operator::token::rotation::{
+    ACTIVE_FROM, KEY_LABEL, PHASE, PUBLISH_FROM, RETIRED_AT,
+};
+use bootstrap_token_operator::token::{LocalKey, Signer};
 use k8s_openapi::api::core::v1::Secret;
 use testenv::TestEnv;
 
 use crate::process::{Replica, lease_holder, spawn_replica as spawn, wait_ready_replica};
+use crate::revocation::active;
 use crate::support::*;
 
 /// A new key every 30 s, published 10 s before it signs; old tokens revoked 2 s after their
@@ -64,15 +69,42 @@ async fn kids(namespace: &str) -> HashMap<String, String> {
 
 /// The kid in the header of the token each BootstrapToken's Secret holds.
 async fn secret_kids(namespace: &str) -> Vec<String> {
-    let mut kids = Vec::new();
+    secret_tokens(namespace)
+        .await
+        .iter()
+        .map(|token| {
+            let header = jsonwebtoken::decode_header(token).expect("a JWT");
+            header.kid.expect("a kid")
+        })
+        .collect()
+}
+
+/// The token each BootstrapToken's Secret holds.
+async fn secret_tokens(namespace: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
     for name in TOKENS {
-        let secret = secret(namespace, &format!("{name}-bootstrap-token"))
+        let held = secret(namespace, &format!("{name}-bootstrap-token"))
             .await
             .expect("the token Secret");
-        let header = jsonwebtoken::decode_header(token_of(&secret)).expect("a JWT");
-        kids.push(header.kid.expect("a kid"));
+        tokens.push(token_of(&held));
     }
-    kids
+    tokens
+}
+
+/// An administrator's key Secret `name`, labelled as a signing key; its kid.
+async fn add_key(namespace: &str, name: &str) -> String {
+    let key = LocalKey::generate("x").unwrap().named(None);
+    let pem = key.to_pkcs8_pem().unwrap();
+    let added: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {KEY_LABEL: "true"}},
+        "stringData": {"key.pem": pem},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin().await, namespace)
+        .create(&PostParams::default(), &added)
+        .await
+        .expect("the administrator's key Secret");
+    key.kid().to_string()
 }
 
 async fn key_secrets(namespace: &str) -> Vec<Secret> {
@@ -239,10 +271,6 @@ endpoint:
 /// the same path as a scheduled rotation (published, then signing, tokens moved, old retired).
 #[tokio::test]
 async fn a_key_secret_an_administrator_adds_follows_the_same_path() {
-    use bootstrap_token_operator::token::rotation::{ACTIVE_FROM, PUBLISH_FROM, RETIRED_AT};
-    use bootstrap_token_operator::token::{LocalKey, Signer};
-    use kube::api::PostParams;
-
     let ns = TestEnv::global().namespace("rotation-manual").await;
     let operator = Operator::start(&ns, MANUAL).await;
     for name in TOKENS {
@@ -256,19 +284,7 @@ async fn a_key_secret_an_administrator_adds_follows_the_same_path() {
         wait_ready(&ns, name).await;
     }
     let old = kids(&ns).await["alpha"].clone();
-
-    let key = LocalKey::generate("x").unwrap().named(None);
-    let new = key.kid().to_string();
-    let pem = key.to_pkcs8_pem().unwrap();
-    let added: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "next-key", "labels": {KEY_LABEL: "true"}},
-        "stringData": {"key.pem": pem},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(admin().await, &ns)
-        .create(&PostParams::default(), &added)
-        .await
-        .expect("the administrator's key Secret");
+    let new = add_key(&ns, "next-key").await;
 
     // Scheduled by the leader, then published before it signs.
     let scheduled = eventually("the new key scheduled", || async {
@@ -339,4 +355,136 @@ async fn a_key_secret_an_administrator_adds_follows_the_same_path() {
         "{reissued:?}"
     );
     operator.stop().await;
+}
+
+/// A prepublish long enough to delete a published key before it signs; the admin client
+/// introspects (its secret is "admin-secret", as in the revocation tests).
+const RESTORE: &str = r#"
+signing:
+  rotation: {prepublish: 8s, reissuePerMinute: 120}
+revocation:
+  reissueGrace: 1s
+  sweepInterval: 1s
+endpoint:
+  accessTokenLifetime: 1s
+  clients:
+    - clientId: admin
+      clientSecret: {hash: "sha256:16175223c8ddce5ace0493c948569c211b03c4c6bb3d3e484434999448cffe01"}
+"#;
+
+async fn delete_key_secret(namespace: &str, name: &str) {
+    Api::<Secret>::namespaced(admin().await, namespace)
+        .delete(name, &Default::default())
+        .await
+        .expect("deleting the key Secret");
+}
+
+/// Waits for the leader to put back the key Secret `deleted` (as last read) as it was: the same
+/// labels, annotations (its phase and times) and key.
+async fn restored(namespace: &str, deleted: &Secret) -> Secret {
+    let name = deleted.name_any();
+    let restored = eventually(&format!("{name} restored"), || async {
+        secret(namespace, &name)
+            .await
+            .filter(|s| s.metadata.uid != deleted.metadata.uid)
+    })
+    .await;
+    assert_eq!(restored.metadata.labels, deleted.metadata.labels, "{name}");
+    assert_eq!(
+        restored.metadata.annotations, deleted.metadata.annotations,
+        "{name}: its phase and times"
+    );
+    assert_eq!(restored.data, deleted.data, "{name}: the same key");
+    restored
+}
+
+/// A key Secret deleted before its key is retired comes back from the leader's memory with its
+/// phase and times, and the tokens its key signed never stop verifying; the configured key's
+/// Secret, deleted once retired, comes back still retired (it stays out of the JWKS).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_key_secret_comes_back_from_memory_with_its_phase() {
+    let ns = TestEnv::global().namespace("rotation-restore").await;
+    let config = TestEnv::global().dir().join(format!("{ns}-config.yaml"));
+    std::fs::write(&config, RESTORE).unwrap();
+    let a = spawn(&ns, "a", &config);
+    wait_ready_replica(&a).await;
+    for name in TOKENS {
+        apply_bt(
+            &ns,
+            bt_manifest(name, json!({"serviceId": format!("com.example.{name}")})),
+        )
+        .await;
+    }
+    for name in TOKENS {
+        wait_ready(&ns, name).await;
+    }
+    let old = kids(&ns).await["alpha"].clone();
+    let new = add_key(&ns, "next-key").await;
+    let phase_is = |phase: &'static str| {
+        let ns = ns.clone();
+        async move {
+            let secret = secret(&ns, "next-key").await?;
+            (secret.annotations().get(PHASE).map(String::as_str) == Some(phase)).then_some(secret)
+        }
+    };
+
+    // Published, signing nothing yet.
+    let published = eventually("the new key published", || phase_is("published")).await;
+    assert!(published.annotations().contains_key(PUBLISH_FROM));
+    assert!(jwks(&a).await.unwrap().contains(&new));
+    delete_key_secret(&ns, "next-key").await;
+    restored(&ns, &published).await;
+    assert!(jwks(&a).await.unwrap().contains(&new), "still published");
+
+    // It signs at its time and every token moves to it; deleted then, its tokens still verify.
+    eventually_within(ROTATION, "every BootstrapToken on the new key", || async {
+        let now = kids(&ns).await;
+        (now.len() == TOKENS.len() && now.values().all(|kid| *kid == new)).then_some(())
+    })
+    .await;
+    let signing = eventually("the new key noted active", || phase_is("active")).await;
+    assert!(signing.annotations().contains_key(ACTIVE_FROM));
+    let tokens = secret_tokens(&ns).await;
+    let ids = kids(&ns).await;
+    delete_key_secret(&ns, "next-key").await;
+    for token in &tokens {
+        assert!(active(&a, token).await, "verifies while the Secret is gone");
+    }
+    restored(&ns, &signing).await;
+    for token in &tokens {
+        assert!(active(&a, token).await, "verifies once restored");
+    }
+    assert!(jwks(&a).await.unwrap().contains(&new));
+    assert_eq!(secret_tokens(&ns).await, tokens, "nothing re-issued");
+    assert_eq!(kids(&ns).await, ids);
+    let restored_events = |name: &'static str| {
+        let ns = ns.clone();
+        async move {
+            events_regarding(&ns, "Secret", name)
+                .await
+                .into_iter()
+                .filter(|(type_, reason, _)| type_ == "Warning" && reason == "SigningKeyRestored")
+                .count()
+        }
+    };
+    eventually("two SigningKeyRestored events", || async {
+        (restored_events("next-key").await == 2).then_some(())
+    })
+    .await;
+    let restored_total = || {
+        a.process
+            .metric("bootstrap_token_signing_key_restored_total")
+    };
+    assert_eq!(restored_total().await, Some(2.0));
+
+    // The configured key, drained and retired, is put back retired: out of the JWKS.
+    let retired = eventually_within(ROTATION, "the old key retired", || async {
+        let base = secret(&ns, "bootstrap-token-signing-key").await?;
+        base.annotations().contains_key(RETIRED_AT).then_some(base)
+    })
+    .await;
+    delete_key_secret(&ns, "bootstrap-token-signing-key").await;
+    restored(&ns, &retired).await;
+    assert!(!jwks(&a).await.unwrap().contains(&old));
+    assert_eq!(restored_total().await, Some(3.0));
 }
