@@ -16,7 +16,8 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub mod annotations {
     /// Any new value forces a new token.
     pub const REISSUE: &str = "bootstraptoken.dev/reissue";
-    /// Any new value revokes the current token at once and forces a new one.
+    /// Any new value revokes the current token at once and forces a new one (issued when
+    /// `bootstrap.minReissueInterval` allows).
     pub const REVOKE: &str = "bootstraptoken.dev/revoke";
     pub const SERVICE_ID: &str = "bootstraptoken.dev/service-id";
     pub const TOKEN_ID: &str = "bootstraptoken.dev/token-id";
