@@ -63,4 +63,9 @@ deletion is undone, with events on it) and its leader Lease, which it may hold n
 - apiGroups: ["bootstraptoken.dev"]
   resources: ["revokedtokens"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# Tokens of the bootstrap_token grant: written by server-side apply (a patch that creates),
+# watched by every replica, deleted by the leader once expired or revoked.
+- apiGroups: ["bootstraptoken.dev"]
+  resources: ["issuedtokens"]
+  verbs: ["list", "watch", "patch", "delete"]
 {{- end -}}
