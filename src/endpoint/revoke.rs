@@ -142,13 +142,7 @@ async fn respond(
                 return Ok(("ignored", Vec::new()));
             };
             let claims = verified.claims;
-            // A grant token's `client_id` is the bootstrap client's; the client that asked for
-            // it (as its record says) may revoke it too.
-            let requested = revocations.issued().requested_by(&claims.jti);
-            if claims.client_id != client.id
-                && requested.as_deref() != Some(client.id.as_str())
-                && !client.revoke_any
-            {
+            if claims.client_id != client.id && !client.revoke_any {
                 return Err(OAuthError::new(
                     ErrorKind::TokenNotOwned,
                     format!("client {} may revoke only tokens issued to it", client.id),

@@ -387,9 +387,9 @@ async fn bootstrap_token(
     let grant = IssuedGrant {
         jti: issued.claims.jti.clone(),
         kid: issued.kid.clone(),
-        client_id: client.id.clone(),
+        client_id: issued.claims.client_id.clone(),
         sid: sid.to_string(),
-        iat: issued.claims.iat,
+        issued_ms: jiff::Timestamp::now().as_millisecond(),
         exp: issued.claims.exp,
     };
     state

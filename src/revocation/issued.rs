@@ -10,7 +10,7 @@ use kube::api::Api;
 use super::mirror::{self, Mirror};
 use super::{
     IssuedGrant, IssuedToken, Revocation, RevocationError, RevocationReason, parse_time,
-    record_name,
+    parse_time_ms, record_name,
 };
 
 /// What a replica keeps of one grant token.
@@ -19,7 +19,8 @@ pub(super) struct Entry {
     pub(super) kid: String,
     pub(super) sid: String,
     pub(super) client_id: String,
-    pub(super) iat: i64,
+    /// When it was issued, in milliseconds: the order the cap revokes in.
+    pub(super) issued_ms: i64,
     pub(super) exp: i64,
 }
 
@@ -81,14 +82,6 @@ impl IssuedTokens {
         self.len() == 0
     }
 
-    /// The client that asked for the grant token `jti`, if it is recorded.
-    pub fn requested_by(&self, jti: &str) -> Option<String> {
-        self.mirror
-            .read()
-            .get(jti)
-            .map(|entry| entry.client_id.clone())
-    }
-
     /// The unexpired, unrevoked grant tokens each kid signed, once the records have been listed
     /// (before, a count could let rotation retire a key still in use).
     pub fn count_by_kid(
@@ -135,7 +128,8 @@ fn count_by_kid<'a>(
 }
 
 /// The tokens to revoke so that no sid keeps more than `cap` unexpired, unrevoked grant tokens:
-/// the oldest of each sid (by `iat`, then jti, so every replica picks the same ones).
+/// the oldest of each sid (by issuance to the millisecond, then jti, so every replica picks the
+/// same ones).
 pub(super) fn over_cap<'a>(
     entries: impl Iterator<Item = (&'a String, &'a Entry)>,
     cap: usize,
@@ -148,7 +142,7 @@ pub(super) fn over_cap<'a>(
             by_sid
                 .entry(entry.sid.as_str())
                 .or_default()
-                .push((entry.iat, jti.as_str()));
+                .push((entry.issued_ms, jti.as_str()));
         }
     }
     let mut victims = Vec::new();
@@ -174,7 +168,7 @@ pub(super) fn entry_of(record: &IssuedToken) -> Option<(String, Entry)> {
         kid: spec.key_id.clone(),
         sid: spec.service_id.clone(),
         client_id: spec.client_id.clone(),
-        iat: parse_time(&spec.issued_at).unwrap_or(i64::MIN),
+        issued_ms: parse_time_ms(&spec.issued_at).unwrap_or(i64::MIN),
         exp: parse_time(&spec.expires_at).unwrap_or(i64::MAX),
     };
     Some((spec.token_id.clone(), entry))
@@ -186,18 +180,18 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000;
 
-    /// jti, sid, kid, iat, exp.
+    /// jti, sid, kid, issued (ms), exp (s).
     type Token = (&'static str, &'static str, &'static str, i64, i64);
 
     fn entries(tokens: &[Token]) -> HashMap<String, Entry> {
         tokens
             .iter()
-            .map(|(jti, sid, kid, iat, exp)| {
+            .map(|(jti, sid, kid, issued_ms, exp)| {
                 let entry = Entry {
                     kid: kid.to_string(),
                     sid: sid.to_string(),
                     client_id: "client".into(),
-                    iat: *iat,
+                    issued_ms: *issued_ms,
                     exp: *exp,
                 };
                 (jti.to_string(), entry)
@@ -274,7 +268,7 @@ mod tests {
                 &[],
             ),
             (
-                "same second: by jti, the same on every replica",
+                "the same millisecond: by jti, the same on every replica",
                 vec![("y", "s", "k", NOW, LATER), ("x", "s", "k", NOW, LATER)],
                 &[],
                 1,
@@ -345,6 +339,6 @@ mod tests {
         );
         let (jti, entry) = entry_of(&record).unwrap();
         assert_eq!(jti, "j");
-        assert_eq!((entry.iat, entry.exp), (i64::MIN, i64::MAX));
+        assert_eq!((entry.issued_ms, entry.exp), (i64::MIN, i64::MAX));
     }
 }

@@ -166,7 +166,7 @@ impl Revocation {
 }
 
 /// A token of the `bootstrap_token` grant, recorded before it is handed out: enough to list it,
-/// revoke it (by its requester too), cap its sid and count it for its key's rotation.
+/// cap its sid and count it for its key's rotation.
 // Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -193,13 +193,13 @@ pub struct IssuedTokenSpec {
     /// `kid` of the key that signed it.
     #[schemars(length(max = 256))]
     pub key_id: String,
-    /// The client that asked for it (the token's own `client_id` is the bootstrap client's).
+    /// `client_id` of the token: the bootstrap client, the only one that may use the grant.
     #[schemars(length(max = 512))]
     pub client_id: String,
     /// `sid` of the token.
     #[schemars(length(max = 253))]
     pub service_id: String,
-    /// `iat` of the token (RFC 3339).
+    /// When it was issued (RFC 3339, to the millisecond: the cap revokes the oldest first).
     pub issued_at: String,
     /// `exp` of the token (RFC 3339): the record is deleted after it.
     pub expires_at: String,
@@ -210,10 +210,10 @@ pub struct IssuedTokenSpec {
 pub struct IssuedGrant {
     pub jti: String,
     pub kid: String,
-    /// The client that asked.
     pub client_id: String,
     pub sid: String,
-    pub iat: i64,
+    /// When it was issued, in milliseconds (its `iat` is the second).
+    pub issued_ms: i64,
     pub exp: i64,
 }
 
@@ -224,7 +224,9 @@ impl IssuedGrant {
             key_id: self.kid.clone(),
             client_id: self.client_id.clone(),
             service_id: self.sid.clone(),
-            issued_at: rfc3339(self.iat),
+            issued_at: jiff::Timestamp::from_millisecond(self.issued_ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
             expires_at: rfc3339(self.exp),
         }
     }
@@ -234,7 +236,7 @@ impl IssuedGrant {
             kid: self.kid.clone(),
             sid: self.sid.clone(),
             client_id: self.client_id.clone(),
-            iat: self.iat,
+            issued_ms: self.issued_ms,
             exp: self.exp,
         }
     }
@@ -302,6 +304,12 @@ pub(crate) fn rfc3339(seconds: i64) -> String {
 
 pub fn parse_time(text: &str) -> Option<i64> {
     text.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
+}
+
+fn parse_time_ms(text: &str) -> Option<i64> {
+    text.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }
 
 /// The RevokedToken CRD as YAML, exactly what `make manifests` writes to `crds/`.

@@ -16,9 +16,10 @@ use testenv::TestEnv;
 use crate::process::{Replica, lease_holder, spawn_replica as spawn, wait_ready_replica};
 use crate::support::*;
 
-const BOOTSTRAP_ID: &str = "f7d42348-c647-4efb-a52d-4c5787421e00";
+pub(crate) const BOOTSTRAP_ID: &str = "f7d42348-c647-4efb-a52d-4c5787421e00";
+pub(crate) const BOOTSTRAP_SECRET: &str = "f6h1FTI8Q3-7UScPZDzfXA";
 /// sha256 hashes of "f6h1FTI8Q3-7UScPZDzfXA" and "admin-secret", made with Python's hashlib.
-const CLIENTS: &str = r#"
+pub(crate) const CLIENTS: &str = r#"
 endpoint:
   clients:
     - clientId: f7d42348-c647-4efb-a52d-4c5787421e00
@@ -34,9 +35,9 @@ revocation:
   sweepInterval: 1s
 "#;
 /// Every replica sees a revocation within this.
-const PROPAGATION: Duration = Duration::from_secs(5);
+pub(crate) const PROPAGATION: Duration = Duration::from_secs(5);
 
-async fn post(
+pub(crate) async fn post(
     replica: &Replica,
     path: &str,
     id: &str,
@@ -55,12 +56,12 @@ async fn post(
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-async fn bootstrap_grant(replica: &Replica, sid: &str) -> String {
+pub(crate) async fn bootstrap_grant(replica: &Replica, sid: &str) -> String {
     let (status, body) = post(
         replica,
         "/oauth2/token",
         BOOTSTRAP_ID,
-        "f6h1FTI8Q3-7UScPZDzfXA",
+        BOOTSTRAP_SECRET,
         &[("grant_type", "bootstrap_token"), ("sid", sid)],
     )
     .await;
@@ -68,7 +69,7 @@ async fn bootstrap_grant(replica: &Replica, sid: &str) -> String {
     body["access_token"].as_str().unwrap().to_string()
 }
 
-async fn active(replica: &Replica, token: &str) -> bool {
+pub(crate) async fn active(replica: &Replica, token: &str) -> bool {
     let (status, body) = post(
         replica,
         "/oauth2/introspect",
@@ -81,7 +82,7 @@ async fn active(replica: &Replica, token: &str) -> bool {
     body["active"].as_bool().expect("active is a boolean")
 }
 
-async fn revoke(replica: &Replica, id: &str, token: &str) {
+pub(crate) async fn revoke(replica: &Replica, id: &str, token: &str) {
     let (status, body) = post(
         replica,
         "/oauth2/revoke",
@@ -93,7 +94,7 @@ async fn revoke(replica: &Replica, id: &str, token: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
-async fn wait_inactive(replica: &Replica, token: &str, what: &str) {
+pub(crate) async fn wait_inactive(replica: &Replica, token: &str, what: &str) {
     eventually_within(PROPAGATION, what, || async {
         (!active(replica, token).await).then_some(())
     })
@@ -107,7 +108,7 @@ async fn record(namespace: &str, jti: &str) -> Option<RevokedToken> {
         .expect("reading a RevokedToken")
 }
 
-fn jti(token: &str) -> String {
+pub(crate) fn jti(token: &str) -> String {
     payload(token)["jti"].as_str().unwrap().to_string()
 }
 
