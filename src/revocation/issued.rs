@@ -73,15 +73,6 @@ impl IssuedTokens {
         Ok(())
     }
 
-    /// How many records this replica holds.
-    pub fn len(&self) -> usize {
-        self.mirror.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The unexpired, unrevoked grant tokens each kid signed, once the records have been listed
     /// (before, a count could let rotation retire a key still in use).
     pub fn count_by_kid(

@@ -366,7 +366,7 @@ mod tests {
             assert_eq!(list.is_revoked(jti, now), revoked, "{jti}");
         }
         assert_eq!(
-            list.issued().len(),
+            list.issued.mirror.read().len(),
             3,
             "the revoked tokens' records are dropped"
         );
