@@ -301,6 +301,59 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// Rotation retires a superseded key only once no grant token it signed is alive: the
+    /// count per kid is what `next_step` decides from.
+    #[test]
+    fn a_live_grant_token_holds_its_key_in_rotation() {
+        use crate::token::RotationConfig;
+        use crate::token::rotation::{KeyState, Phase, Step, next_step};
+        use std::time::Duration;
+        let key = |name: &str, kid: &str, active_from: Option<i64>, noted, base| KeyState {
+            name: name.into(),
+            kid: kid.into(),
+            created: NOW - 1000,
+            publish_from: active_from.map(|at| at - 10),
+            active_from,
+            retired_at: None,
+            noted: Some(noted),
+            base,
+        };
+        // The base key was superseded 30 s ago; endpoint tokens drain in 10 s.
+        let keys = [
+            key("base", "k-old", None, Phase::Draining, true),
+            key("next", "k-new", Some(NOW - 30), Phase::Active, false),
+        ];
+        let config = RotationConfig::default();
+        let drain = Duration::from_secs(10);
+        let entries = entries(&[
+            ("held", "s", "k-old", NOW - 60, LATER),
+            ("moved", "s", "k-new", NOW - 1, LATER),
+        ]);
+        // (name, revoked jtis) → the step.
+        let table: [(&str, &[&str], Step); 2] = [
+            (
+                "a live grant token holds it",
+                &[],
+                Step::Idle { until: None },
+            ),
+            (
+                "revoked, it no longer does (the new key's token never holds the old)",
+                &["held"],
+                Step::Retire {
+                    name: "base".into(),
+                },
+            ),
+        ];
+        for (name, revoked, want) in table {
+            let counts = count_by_kid(entries.iter(), NOW, |jti| revoked.contains(&jti));
+            assert_eq!(
+                next_step(&keys, &counts, &config, drain, NOW),
+                want,
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn records_of_dead_tokens_are_swept() {
         let issued = IssuedTokens::new(None);
