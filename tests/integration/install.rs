@@ -222,6 +222,7 @@ fn chart_lints_and_deploy_holds_its_rendering() {
         ["--set", "replicaCount=0"],
         ["--set", "config.versionClaim=v2"],
         ["--set", "unknownKey=1"],
+        ["--set", "config.revocation.issuedPerService=0"],
     ] {
         let out = helm()
             .args(["template", "x", CHART])
