@@ -9,7 +9,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
 use bootstrap_token_operator::revocation::{
-    IssuedToken, RevocationReason, RevokedToken, record_name,
+    IssuedToken, IssuedTokenSpec, RevocationReason, RevokedToken, record_name,
 };
 use bootstrap_token_operator::token::rotation::{KEY_LABEL, PHASE, RETIRED_AT};
 use bootstrap_token_operator::token::{LocalKey, Signer};
@@ -133,6 +133,52 @@ async fn grant_tokens_are_recorded_listed_capped_and_dropped() {
     revoke(&replica, "admin", &second).await;
     assert!(!active(&replica, &second).await);
     wait_unrecorded(&ns, &second, "a record dropped after its revocation").await;
+
+    // Records beyond the cap that no grant revoked (two replicas granting at once, a failed
+    // revocation; written here as those replicas would): the leader's sweep revokes the oldest.
+    let records = issued(&ns, admin().await);
+    for (jti, ms) in [("race-b", 2), ("race-a", 1), ("race-c", 3)] {
+        let spec = IssuedTokenSpec {
+            token_id: jti.into(),
+            key_id: kid(&third),
+            client_id: BOOTSTRAP_ID.into(),
+            service_id: "com.example.race".into(),
+            issued_at: jiff::Timestamp::from_millisecond(1_800_000_000_000 + ms)
+                .unwrap()
+                .to_string(),
+            expires_at: "2100-01-01T00:00:00Z".into(),
+        };
+        records
+            .create(
+                &PostParams::default(),
+                &IssuedToken::new(&record_name(jti), spec),
+            )
+            .await
+            .expect("writing an IssuedToken");
+    }
+    let revoked = eventually("the sweep to revoke the oldest beyond the cap", || async {
+        Api::<RevokedToken>::namespaced(admin().await, &ns)
+            .get_opt(&record_name("race-a"))
+            .await
+            .ok()?
+    })
+    .await;
+    assert_eq!(revoked.spec.reason, RevocationReason::ServiceCapReached);
+    eventually("its record dropped", || async {
+        records
+            .get_opt(&record_name("race-a"))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    for jti in ["race-b", "race-c"] {
+        assert!(
+            records.get_opt(&record_name(jti)).await.unwrap().is_some(),
+            "{jti} kept"
+        );
+    }
 
     // After exp, the record goes too.
     assert!(record(&ns, &third).await.is_some());
