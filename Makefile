@@ -6,6 +6,7 @@ CACHE := $(HOME)/.cache/bootstrap-token-operator
 OPERATOR := target/debug/bootstrap-token-operator
 CRD := crds/bootstraptokens.bootstraptoken.dev.yaml
 REVOKED_CRD := crds/revokedtokens.bootstraptoken.dev.yaml
+ISSUED_CRD := crds/issuedtokens.bootstraptoken.dev.yaml
 CHART := charts/bootstrap-token-operator
 RELEASE := bootstrap-token-operator
 
@@ -40,7 +41,8 @@ tools:
 manifests: tools
 	$(CARGO) run -q --bin bootstrap-token-operator -- crd > $(CRD)
 	$(CARGO) run -q --bin bootstrap-token-operator -- crd revokedtokens > $(REVOKED_CRD)
-	cp $(CRD) $(REVOKED_CRD) $(CHART)/files/crds/
+	$(CARGO) run -q --bin bootstrap-token-operator -- crd issuedtokens > $(ISSUED_CRD)
+	cp $(CRD) $(REVOKED_CRD) $(ISSUED_CRD) $(CHART)/files/crds/
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) > deploy/install.yaml
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/clusterrole.yaml > deploy/rbac/clusterrole.yaml
 	bin/helm template $(RELEASE) $(CHART) --namespace $(RELEASE) --show-only templates/roles.yaml > deploy/rbac/roles.yaml

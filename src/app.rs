@@ -1,6 +1,7 @@
 //! The process: flags, wiring and lifecycle. `main` parses the command line and calls
 //! [`RunArgs::run`]; the integration tests build the same [`Core`] the binary runs.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -171,11 +172,26 @@ impl Core {
             keyguard::run(&self.keys, &self.ctx.recorder, stop.clone()),
             async {
                 if let Some(rotation) = &self.rotation {
-                    let tokens = || self.ctx.tokens_by_kid();
+                    let tokens = || self.tokens_by_kid();
                     rotation.lead(&self.ctx.recorder, tokens, stop).await;
                 }
             },
         );
+    }
+
+    /// The unexpired, unrevoked tokens each kid signed that the operator knows of: the
+    /// BootstrapTokens' and the `bootstrap_token` grant's; `None` until both are listed.
+    async fn tokens_by_kid(&self) -> Option<HashMap<String, usize>> {
+        let mut counts = self.ctx.tokens_by_kid().await?;
+        let revocations = self.issuer.revocations();
+        let now = jiff::Timestamp::now().as_second();
+        let granted = revocations
+            .issued()
+            .count_by_kid(now, |jti| revocations.is_revoked(jti, now))?;
+        for (kid, count) in granted {
+            *counts.entry(kid).or_default() += count;
+        }
+        Some(counts)
     }
 
     /// Follows the revoked tokens and the signing-key Secrets until `stop` resolves: every

@@ -473,6 +473,8 @@ endpoint:
             ("endpoint:\n  throttle: {interval: 100ms}\n".into(), "endpoint.throttle.interval"),
             ("endpoint:\n  throttle: {maxTracked: 0}\n".into(), "endpoint.throttle.maxTracked"),
             ("endpoint:\n  hashConcurrency: 0\n".into(), "endpoint.hashConcurrency"),
+            ("revocation:\n  issuedPerService: 0\n".into(), "revocation.issuedPerService"),
+            ("revocation:\n  issuedPerService: 10001\n".into(), "revocation.issuedPerService"),
             (client("      grantTypes: [password]\n"), "endpoint.clients[0].grantTypes[0]"),
             (client("      scopes: [\"a b\"]\n"), "endpoint.clients[0].scopes[0]"),
             (client("  reuse: {minRemaining: 10m}\n"), "endpoint.clients[0].tokenLifetime"),

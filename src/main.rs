@@ -31,6 +31,7 @@ enum Command {
 enum CrdName {
     Bootstraptokens,
     Revokedtokens,
+    Issuedtokens,
 }
 
 #[tokio::main]
@@ -42,6 +43,7 @@ async fn main() -> ExitCode {
                 match name {
                     CrdName::Bootstraptokens => resource::crd_yaml(),
                     CrdName::Revokedtokens => revocation::crd_yaml(),
+                    CrdName::Issuedtokens => revocation::issued_crd_yaml(),
                 }
             );
             ExitCode::SUCCESS

@@ -45,7 +45,8 @@ pub enum RotationError {
 }
 
 /// The longest an endpoint-issued access token lives: a superseded key stays published at least
-/// that long after its successor signs, since those tokens are not recorded anywhere.
+/// that long after its successor signs, since those tokens are not recorded anywhere (the
+/// `bootstrap_token` grant's are, and counted by kid).
 pub fn drain_for(endpoint: &EndpointConfig) -> Duration {
     if !endpoint.enabled {
         return Duration::ZERO;
@@ -270,8 +271,9 @@ impl Rotation {
         }
     }
 
-    /// Takes rotation steps until `stop` (the leader). `tokens_by_kid` counts the BootstrapTokens
-    /// whose status names each kid, `None` until it can.
+    /// Takes rotation steps until `stop` (the leader). `tokens_by_kid` counts the tokens each kid
+    /// signed that the operator knows of (BootstrapTokens' statuses, recorded grant tokens),
+    /// `None` until it can.
     pub async fn lead<F, Fut>(&self, recorder: &EventPublisher, tokens_by_kid: F, stop: Shutdown)
     where
         F: Fn() -> Fut,

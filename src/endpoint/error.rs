@@ -45,6 +45,7 @@ pub enum ErrorKind {
     MissingToken,
     TokenNotOwned,
     RevocationUnavailable,
+    RecordUnavailable,
 }
 
 impl ErrorKind {
@@ -239,6 +240,13 @@ impl ErrorKind {
                 "temporarily_unavailable",
                 "ERR12913",
                 "REVOCATION_UNAVAILABLE",
+            ),
+            // A grant token is handed out only once it is recorded.
+            RecordUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "ERR12914",
+                "TOKEN_RECORD_UNAVAILABLE",
             ),
         }
     }

@@ -22,6 +22,7 @@ use super::params::{BodyFormat, Params};
 use super::registry::Client;
 use super::workload;
 use crate::resource;
+use crate::revocation::IssuedGrant;
 use crate::token::{AccessRequest, BootstrapRequest, IssueError, Issued};
 
 /// Token requests are a few hundred bytes; anything near this is not one.
@@ -381,6 +382,28 @@ async fn bootstrap_token(
         ),
     )
     .await?;
+    // Recorded before it leaves, so that every token of the grant can be listed, revoked and
+    // counted for its key's rotation; unrecorded, it is dropped.
+    let grant = IssuedGrant {
+        jti: issued.claims.jti.clone(),
+        kid: issued.kid.clone(),
+        client_id: issued.claims.client_id.clone(),
+        sid: sid.to_string(),
+        issued_ms: jiff::Timestamp::now().as_millisecond(),
+        exp: issued.claims.exp,
+    };
+    state
+        .issuer
+        .revocations()
+        .record_issued(&grant, now)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "recording a bootstrap_token grant failed; no token handed out");
+            OAuthError::new(
+                ErrorKind::RecordUnavailable,
+                "the token could not be recorded; try again shortly",
+            )
+        })?;
     tracing::info!(client_id = %client.id, sid, jti = %issued.claims.jti, "issued bootstrap token");
     Ok(Answer {
         token: issued.token.into(),

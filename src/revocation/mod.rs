@@ -2,9 +2,12 @@
 //! namespace, named by a hash of the token's `jti`; every replica watches them into memory
 //! ([`Revocations`]), and the [`crate::token::Issuer`] consults that copy whenever it verifies a
 //! token. An object is deleted (by the leader) once the token it names has expired, so the state
-//! is bounded by the revoked tokens still alive.
+//! is bounded by the revoked tokens still alive. The tokens of the endpoint's `bootstrap_token`
+//! grant are recorded the same way (`IssuedToken`, [`IssuedTokens`]), capped per sid.
 
+mod issued;
 mod list;
+mod mirror;
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration;
 
+pub use issued::IssuedTokens;
 pub use list::{RevocationError, Revocations};
 
 /// The `revocation:` section of the configuration.
@@ -28,7 +32,19 @@ pub struct RevocationConfig {
     /// How often the leader deletes the records of tokens that have expired.
     #[serde(default = "default_sweep_interval", with = "duration::serde_go")]
     pub sweep_interval: Duration,
+    /// How many unexpired, unrevoked tokens of the `bootstrap_token` grant one sid keeps; a new
+    /// one beyond revokes the oldest.
+    #[serde(default = "default_issued_per_service")]
+    pub issued_per_service: usize,
 }
+
+/// Above the replicas of a large Deployment that each ask the grant once at start.
+fn default_issued_per_service() -> usize {
+    100
+}
+
+/// A record is about 1 KiB in etcd and in each replica: this keeps one sid under 10 MiB.
+const MAX_ISSUED_PER_SERVICE: usize = 10_000;
 
 fn default_reissue_grace() -> Duration {
     Duration::from_secs(600)
@@ -43,6 +59,7 @@ impl Default for RevocationConfig {
         RevocationConfig {
             reissue_grace: default_reissue_grace(),
             sweep_interval: default_sweep_interval(),
+            issued_per_service: default_issued_per_service(),
         }
     }
 }
@@ -54,6 +71,11 @@ impl RevocationConfig {
         }
         if self.reissue_grace > Duration::from_secs(30 * 24 * 3600) {
             return Err("reissueGrace: must be at most 720h".into());
+        }
+        if !(1..=MAX_ISSUED_PER_SERVICE).contains(&self.issued_per_service) {
+            return Err(format!(
+                "issuedPerService: must be 1 to {MAX_ISSUED_PER_SERVICE}"
+            ));
         }
         Ok(())
     }
@@ -70,6 +92,9 @@ pub enum RevocationReason {
     Deleted,
     /// A client asked at `POST /oauth2/revoke`.
     Endpoint,
+    /// A newer token of the `bootstrap_token` grant for the same sid went beyond
+    /// `revocation.issuedPerService`; this was the oldest.
+    ServiceCapReached,
 }
 
 /// A revoked token: enough to answer "is this jti revoked" and to drop the record once the token
@@ -140,6 +165,83 @@ impl Revocation {
     }
 }
 
+/// A token of the `bootstrap_token` grant, recorded before it is handed out: enough to list it,
+/// cap its sid and count it for its key's rotation.
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "bootstraptoken.dev",
+    version = "v1alpha1",
+    kind = "IssuedToken",
+    namespaced,
+    shortname = "ist",
+    derive = "PartialEq",
+    doc = "A token of the bootstrap_token grant, kept by the bootstrap-token-operator until the token expires or is revoked.",
+    printcolumn(name = "Token ID", type_ = "string", json_path = ".spec.tokenId"),
+    printcolumn(name = "Service ID", type_ = "string", json_path = ".spec.serviceId"),
+    printcolumn(name = "Client", type_ = "string", json_path = ".spec.clientId"),
+    printcolumn(name = "Key ID", type_ = "string", json_path = ".spec.keyId"),
+    printcolumn(name = "Issued", type_ = "string", json_path = ".spec.issuedAt"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".spec.expiresAt")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedTokenSpec {
+    /// `jti` of the token.
+    #[schemars(length(min = 1, max = 256))]
+    pub token_id: String,
+    /// `kid` of the key that signed it.
+    #[schemars(length(max = 256))]
+    pub key_id: String,
+    /// `client_id` of the token: the bootstrap client, the only one that may use the grant.
+    #[schemars(length(max = 512))]
+    pub client_id: String,
+    /// `sid` of the token.
+    #[schemars(length(max = 253))]
+    pub service_id: String,
+    /// When it was issued (RFC 3339, to the millisecond: the cap revokes the oldest first).
+    pub issued_at: String,
+    /// `exp` of the token (RFC 3339): the record is deleted after it.
+    pub expires_at: String,
+}
+
+/// A grant token to record, times as Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedGrant {
+    pub jti: String,
+    pub kid: String,
+    pub client_id: String,
+    pub sid: String,
+    /// When it was issued, in milliseconds (its `iat` is the second).
+    pub issued_ms: i64,
+    pub exp: i64,
+}
+
+impl IssuedGrant {
+    fn spec(&self) -> IssuedTokenSpec {
+        IssuedTokenSpec {
+            token_id: self.jti.clone(),
+            key_id: self.kid.clone(),
+            client_id: self.client_id.clone(),
+            service_id: self.sid.clone(),
+            issued_at: jiff::Timestamp::from_millisecond(self.issued_ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            expires_at: rfc3339(self.exp),
+        }
+    }
+
+    fn entry(&self) -> issued::Entry {
+        issued::Entry {
+            kid: self.kid.clone(),
+            sid: self.sid.clone(),
+            client_id: self.client_id.clone(),
+            issued_ms: self.issued_ms,
+            exp: self.exp,
+        }
+    }
+}
+
 /// The token a BootstrapToken held before a new one, as its Secret's annotations (or its
 /// status) name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +272,8 @@ pub fn on_replace(
         RevocationReason::Reissued => i64::try_from(grace.as_secs()).unwrap_or(i64::MAX),
         RevocationReason::RevokeRequested
         | RevocationReason::Deleted
-        | RevocationReason::Endpoint => 0,
+        | RevocationReason::Endpoint
+        | RevocationReason::ServiceCapReached => 0,
     };
     Some(Revocation {
         jti: previous.jti.to_string(),
@@ -203,13 +306,27 @@ pub fn parse_time(text: &str) -> Option<i64> {
     text.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
 }
 
+fn parse_time_ms(text: &str) -> Option<i64> {
+    text.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
 /// The RevokedToken CRD as YAML, exactly what `make manifests` writes to `crds/`.
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    let mut yaml = String::from(
-        "# Generated by `bootstrap-token-operator crd revokedtokens` (make manifests); do not edit.\n",
+    generated_crd::<RevokedToken>("revokedtokens")
+}
+
+/// The IssuedToken CRD as YAML, exactly what `make manifests` writes to `crds/`.
+pub fn issued_crd_yaml() -> String {
+    generated_crd::<IssuedToken>("issuedtokens")
+}
+
+fn generated_crd<K: kube::CustomResourceExt>(name: &str) -> String {
+    let mut yaml = format!(
+        "# Generated by `bootstrap-token-operator crd {name}` (make manifests); do not edit.\n"
     );
-    yaml.push_str(&serde_yaml::to_string(&RevokedToken::crd()).expect("the CRD serialises"));
+    yaml.push_str(&serde_yaml::to_string(&K::crd()).expect("the CRD serialises"));
     yaml
 }
 
@@ -291,6 +408,11 @@ mod tests {
         let on_disk = include_str!("../../crds/revokedtokens.bootstraptoken.dev.yaml");
         assert!(
             on_disk == crd_yaml(),
+            "crds/ drifted from the Rust type: run `make manifests`"
+        );
+        let on_disk = include_str!("../../crds/issuedtokens.bootstraptoken.dev.yaml");
+        assert!(
+            on_disk == issued_crd_yaml(),
             "crds/ drifted from the Rust type: run `make manifests`"
         );
     }

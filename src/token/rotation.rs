@@ -163,8 +163,9 @@ pub enum Step {
 
 /// What the next step is, given the keys, the unexpired unrevoked tokens each kid signed (as far
 /// as the operator knows them), the configuration and `now`. `drain` is the shortest time a
-/// superseded key stays published after its successor starts to sign: tokens the endpoint
-/// issued (not counted in `tokens_left`) live at most that long.
+/// superseded key stays published after its successor starts to sign: the endpoint's
+/// `client_credentials` tokens (not recorded, so not counted in `tokens_left`) live at most that
+/// long.
 pub fn next_step(
     keys: &[KeyState],
     tokens_left: &HashMap<String, usize>,

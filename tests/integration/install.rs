@@ -222,6 +222,7 @@ fn chart_lints_and_deploy_holds_its_rendering() {
         ["--set", "replicaCount=0"],
         ["--set", "config.versionClaim=v2"],
         ["--set", "unknownKey=1"],
+        ["--set", "config.revocation.issuedPerService=0"],
     ] {
         let out = helm()
             .args(["template", "x", CHART])
@@ -450,6 +451,25 @@ async fn the_operator_may_do_what_its_code_does_and_nothing_more() {
         )
         .await,
         "status is written by server-side apply, never read through the subresource"
+    );
+    // Records of the bootstrap_token grant: written by server-side apply (patch, which creates
+    // too), watched, deleted; in the operator's own namespace only.
+    let group = "bootstraptoken.dev";
+    for verb in ["list", "watch", "create", "patch", "delete"] {
+        assert!(
+            allowed(own.clone(), group, "issuedtokens", verb).await,
+            "{verb} on IssuedTokens in its own namespace"
+        );
+    }
+    for verb in ["get", "update", "deletecollection"] {
+        assert!(
+            !allowed(own.clone(), group, "issuedtokens", verb).await,
+            "no {verb} on IssuedTokens: the code never calls it"
+        );
+    }
+    assert!(
+        !allowed("kube-system".into(), group, "issuedtokens", "create").await,
+        "IssuedTokens only in its own namespace"
     );
     // Workload identity (deploy/rbac/ renders it on): TokenReviews are created, nothing else
     // about authentication is.

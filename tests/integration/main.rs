@@ -7,6 +7,7 @@ mod gitops;
 mod hardening;
 mod image;
 mod install;
+mod issued;
 mod kms;
 #[path = "../common/kms.rs"]
 mod local_kms;

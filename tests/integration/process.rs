@@ -182,9 +182,19 @@ pub struct Replica {
 
 /// A replica of the operator watching `namespace`, leading under `identity`, configured by `config`.
 pub fn spawn_replica(namespace: &str, identity: &str, config: &std::path::Path) -> Replica {
+    spawn_replica_in(TestEnv::global(), namespace, identity, config)
+}
+
+/// [`spawn_replica`] on the control plane `env` (a private one, for fault tests).
+pub fn spawn_replica_in(
+    env: &TestEnv,
+    namespace: &str,
+    identity: &str,
+    config: &std::path::Path,
+) -> Replica {
     let endpoint = free_loopback_addr();
     let process = OperatorProcess::spawn_as(
-        TestEnv::global().operator_kubeconfig_path(),
+        env.operator_kubeconfig_path(),
         namespace,
         namespace,
         identity,

@@ -17,9 +17,10 @@ use testenv::TestEnv;
 use crate::process::{Replica, lease_holder, spawn_replica as spawn, wait_ready_replica};
 use crate::support::*;
 
-const BOOTSTRAP_ID: &str = "f7d42348-c647-4efb-a52d-4c5787421e00";
+pub(crate) const BOOTSTRAP_ID: &str = "f7d42348-c647-4efb-a52d-4c5787421e00";
+pub(crate) const BOOTSTRAP_SECRET: &str = "f6h1FTI8Q3-7UScPZDzfXA";
 /// sha256 hashes of "f6h1FTI8Q3-7UScPZDzfXA" and "admin-secret", made with Python's hashlib.
-const CLIENTS: &str = r#"
+pub(crate) const CLIENTS: &str = r#"
 endpoint:
   clients:
     - clientId: f7d42348-c647-4efb-a52d-4c5787421e00
@@ -35,9 +36,9 @@ revocation:
   sweepInterval: 1s
 "#;
 /// Every replica sees a revocation within this.
-const PROPAGATION: Duration = Duration::from_secs(5);
+pub(crate) const PROPAGATION: Duration = Duration::from_secs(5);
 
-async fn post(
+pub(crate) async fn post(
     replica: &Replica,
     path: &str,
     id: &str,
@@ -56,12 +57,12 @@ async fn post(
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-async fn bootstrap_grant(replica: &Replica, sid: &str) -> String {
+pub(crate) async fn bootstrap_grant(replica: &Replica, sid: &str) -> String {
     let (status, body) = post(
         replica,
         "/oauth2/token",
         BOOTSTRAP_ID,
-        "f6h1FTI8Q3-7UScPZDzfXA",
+        BOOTSTRAP_SECRET,
         &[("grant_type", "bootstrap_token"), ("sid", sid)],
     )
     .await;
@@ -83,7 +84,7 @@ pub(crate) async fn active(replica: &Replica, token: &str) -> bool {
     body["active"].as_bool().expect("active is a boolean")
 }
 
-async fn revoke(replica: &Replica, id: &str, token: &str) {
+pub(crate) async fn revoke(replica: &Replica, id: &str, token: &str) {
     let (status, body) = post(
         replica,
         "/oauth2/revoke",
@@ -95,7 +96,7 @@ async fn revoke(replica: &Replica, id: &str, token: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
-async fn wait_inactive(replica: &Replica, token: &str, what: &str) {
+pub(crate) async fn wait_inactive(replica: &Replica, token: &str, what: &str) {
     eventually_within(PROPAGATION, what, || async {
         (!active(replica, token).await).then_some(())
     })
@@ -109,7 +110,7 @@ async fn record(namespace: &str, jti: &str) -> Option<RevokedToken> {
         .expect("reading a RevokedToken")
 }
 
-fn jti(token: &str) -> String {
+pub(crate) fn jti(token: &str) -> String {
     payload(token)["jti"].as_str().unwrap().to_string()
 }
 

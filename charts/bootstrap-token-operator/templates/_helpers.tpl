@@ -63,4 +63,9 @@ deletion is undone, with events on it) and its leader Lease, which it may hold n
 - apiGroups: ["bootstraptoken.dev"]
   resources: ["revokedtokens"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# Tokens of the bootstrap_token grant: written by server-side apply (a patch that creates, so
+# both verbs), watched by every replica, deleted once expired, revoked or beyond the cap.
+- apiGroups: ["bootstraptoken.dev"]
+  resources: ["issuedtokens"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end -}}
