@@ -1,8 +1,10 @@
 //! Client authentication against online guessing (RFC 6749 §2.3.1, README "Security"):
 //! failures are counted per (client, source address) and answered 429 past a burst, before any
-//! hashing; slow hashes run on blocking threads, a bounded number at once.
+//! hashing; slow hashes run on blocking threads, a bounded number at once. Refused client
+//! assertions (RFC 7523) are counted per source the same way, before any TokenReview.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,7 +49,7 @@ impl Guard {
                 return Err(error);
             }
         };
-        let key = (client.id.clone(), peer.map(source));
+        let key = (Subject::Client(client.id.clone()), peer.map(source));
         // Checked before the secret, even a fast one: otherwise a throttled source would keep an
         // oracle for clients with plain SHA-256 hashes.
         self.check_throttle(&key, metrics)?;
@@ -69,23 +71,49 @@ impl Guard {
         if matched {
             return Ok(client);
         }
-        let now_blocked = self
-            .throttle
-            .as_ref()
-            .is_some_and(|throttle| throttle.failed(&key, Instant::now()));
-        let from = shown(peer);
-        tracing::warn!(client_id = %client.id, peer = %from, "wrong client secret");
-        if now_blocked {
-            tracing::warn!(
-                client_id = %client.id,
-                peer = %from,
-                "too many failed authentications: throttling this client from this source"
-            );
-        }
+        tracing::warn!(client_id = %client.id, peer = %shown(peer), "wrong client secret");
+        self.failed(&key, peer);
         Err(OAuthError::new(
             ErrorKind::WrongSecret,
             format!("wrong secret for client {}", client.id),
         ))
+    }
+
+    /// A client assertion from `peer`, checked by `check` (a TokenReview unless the review cache
+    /// knows it). A refused one counts against its source like a wrong secret, so past the burst
+    /// a source that sends forged assertions is answered 429 without a review: it cannot turn
+    /// every request into an API request.
+    pub async fn authenticate_assertion<T>(
+        &self,
+        peer: Option<IpAddr>,
+        metrics: &EndpointMetrics,
+        check: impl Future<Output = Result<T, OAuthError>>,
+    ) -> Result<T, OAuthError> {
+        let key = (Subject::Assertion, peer.map(source));
+        self.check_throttle(&key, metrics)?;
+        let checked = check.await;
+        if checked
+            .as_ref()
+            .is_err_and(|error| error.kind == ErrorKind::InvalidAssertion)
+        {
+            self.failed(&key, peer);
+        }
+        checked
+    }
+
+    /// Counts a failed authentication of `key`, saying so once it is throttled.
+    fn failed(&self, key: &Key, peer: Option<IpAddr>) {
+        let now_blocked = self
+            .throttle
+            .as_ref()
+            .is_some_and(|throttle| throttle.failed(key, Instant::now()));
+        if now_blocked {
+            tracing::warn!(
+                who = %key.0,
+                peer = %shown(peer),
+                "too many failed authentications: throttling them from this source"
+            );
+        }
     }
 
     fn check_throttle(&self, key: &Key, metrics: &EndpointMetrics) -> Result<(), OAuthError> {
@@ -97,11 +125,11 @@ impl Guard {
             return Ok(());
         };
         metrics.throttled.inc();
-        tracing::debug!(client_id = %key.0, peer = ?key.1, "throttled");
+        tracing::debug!(who = %key.0, peer = ?key.1, "throttled");
         let mut error = OAuthError::new(
             ErrorKind::TooManyAttempts,
             format!(
-                "too many failed authentications for client {} from this address; retry later",
+                "too many failed authentications for {} from this address; retry later",
                 key.0
             ),
         );
@@ -116,8 +144,25 @@ fn shown(peer: Option<IpAddr>) -> String {
     peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
 }
 
-/// Client id and source address (none when the router runs without a socket).
-type Key = (String, Option<IpAddr>);
+/// Whose authentications fail: a configured client, or whoever sends client assertions (not a
+/// client until the API server says whose they are).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Subject {
+    Client(String),
+    Assertion,
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Client(id) => write!(f, "client {id}"),
+            Subject::Assertion => f.write_str("client assertions"),
+        }
+    }
+}
+
+/// Who and the source address (none when the router runs without a socket).
+type Key = (Subject, Option<IpAddr>);
 
 /// IPv4 addresses as they are; IPv6 by their /64, which one host usually holds whole.
 fn source(ip: IpAddr) -> IpAddr {
@@ -203,7 +248,10 @@ mod tests {
     }
 
     fn key(client: &str, ip: &str) -> Key {
-        (client.to_string(), Some(ip.parse().unwrap()))
+        (
+            Subject::Client(client.to_string()),
+            Some(ip.parse().unwrap()),
+        )
     }
 
     #[test]
@@ -226,6 +274,79 @@ mod tests {
         assert!(
             throttle.failed(&a, accrued),
             "one attempt accrued, one spent"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_assertions_are_throttled_per_source_before_their_check() {
+        let guard = Guard {
+            throttle: Some(throttle(2, 100)),
+            hashing: Semaphore::new(1),
+        };
+        let metrics = EndpointMetrics::new(&mut prometheus_client::registry::Registry::default());
+        let (attacker, neighbour) = (
+            Some("192.0.2.1".parse().unwrap()),
+            Some("192.0.2.2".parse().unwrap()),
+        );
+        // Counts the checks run (a TokenReview each, unless cached).
+        let checks = &std::sync::atomic::AtomicUsize::new(0);
+        let ran = || checks.load(std::sync::atomic::Ordering::SeqCst);
+        let check = |kind: Option<ErrorKind>| async move {
+            checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match kind {
+                None => Ok(()),
+                Some(kind) => Err(OAuthError::new(kind, "refused")),
+            }
+        };
+        let kind = |result: Result<(), OAuthError>| result.err().map(|error| error.kind);
+        // An unreachable API server is not the sender's failure.
+        for _ in 0..3 {
+            let result = guard
+                .authenticate_assertion(
+                    attacker,
+                    &metrics,
+                    check(Some(ErrorKind::ReviewUnavailable)),
+                )
+                .await;
+            assert_eq!(kind(result), Some(ErrorKind::ReviewUnavailable));
+        }
+        for _ in 0..2 {
+            let result = guard
+                .authenticate_assertion(
+                    attacker,
+                    &metrics,
+                    check(Some(ErrorKind::InvalidAssertion)),
+                )
+                .await;
+            assert_eq!(kind(result), Some(ErrorKind::InvalidAssertion));
+        }
+        assert_eq!(ran(), 5);
+        let result = guard
+            .authenticate_assertion(attacker, &metrics, check(Some(ErrorKind::InvalidAssertion)))
+            .await;
+        let throttled = result.expect_err("throttled");
+        assert_eq!(throttled.kind, ErrorKind::TooManyAttempts);
+        assert_eq!(throttled.retry_after, Some(10));
+        assert_eq!(ran(), 5, "a throttled source's assertion is not checked");
+        assert_eq!(metrics.throttled.get(), 1);
+        // A valid assertion from the throttled source waits too; another source is not affected,
+        // and a client's secret from the same source is its own bucket.
+        let result = guard
+            .authenticate_assertion(attacker, &metrics, check(None))
+            .await;
+        assert_eq!(kind(result), Some(ErrorKind::TooManyAttempts));
+        let result = guard
+            .authenticate_assertion(neighbour, &metrics, check(None))
+            .await;
+        assert_eq!(kind(result), None);
+        let client = (Subject::Client("a".into()), attacker.map(source));
+        assert_eq!(
+            guard
+                .throttle
+                .as_ref()
+                .unwrap()
+                .wait(&client, Instant::now()),
+            None
         );
     }
 

@@ -31,6 +31,7 @@ pub struct EndpointMetrics {
     pub connection_timeouts: Family<TimeoutLabels, Counter>,
     pub throttled: Counter,
     pub secret_hashes: Counter,
+    pub token_reviews: Counter,
 }
 
 impl EndpointMetrics {
@@ -44,6 +45,7 @@ impl EndpointMetrics {
             connection_timeouts: Family::default(),
             throttled: Counter::default(),
             secret_hashes: Counter::default(),
+            token_reviews: Counter::default(),
         };
         registry.register(
             "token_endpoint_requests",
@@ -72,13 +74,18 @@ impl EndpointMetrics {
         );
         registry.register(
             "token_endpoint_throttled",
-            "Token requests answered 429 for too many failed authentications of one client from one source",
+            "Token requests answered 429 for too many failed authentications of one client (or of client assertions) from one source",
             metrics.throttled.clone(),
         );
         registry.register(
             "token_endpoint_secret_hashes",
             "Full (slow) client-secret hash verifications; a client's secret that verified once is then checked by digest",
             metrics.secret_hashes.clone(),
+        );
+        registry.register(
+            "token_endpoint_token_reviews",
+            "TokenReviews sent to the API server for client assertions the review cache did not know",
+            metrics.token_reviews.clone(),
         );
         metrics
     }

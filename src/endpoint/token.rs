@@ -2,7 +2,7 @@
 //! serve a cached token again).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -160,7 +160,7 @@ async fn respond(state: &State, request: Request) -> (Option<Grant>, Result<Answ
             parts.headers.contains_key(header::AUTHORIZATION),
             &state.issuer.bootstrap().client_id,
         )? {
-            return workload_identity(state, assertion, &params).await;
+            return workload_identity(state, assertion, &params, peer(&parts)).await;
         }
         let client = authenticate(state, &parts, &params).await?;
         let client = client.as_ref();
@@ -198,14 +198,18 @@ pub(super) async fn authenticate(
         params.client_id.as_deref(),
         params.client_secret.as_deref(),
     )?;
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| peer.ip());
     state
         .guard
-        .authenticate(&state.clients, credentials, peer, &state.metrics)
+        .authenticate(&state.clients, credentials, peer(parts), &state.metrics)
         .await
+}
+
+/// The address the request came from (none when the router runs without a socket).
+fn peer(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip())
 }
 
 /// The body's parameters, within the body timeout and [`MAX_BODY`].
@@ -419,6 +423,7 @@ async fn workload_identity(
     state: &State,
     assertion: &str,
     params: &Params,
+    peer: Option<IpAddr>,
 ) -> Result<Answer, OAuthError> {
     let Some(workload) = &state.workload else {
         return Err(OAuthError::new(
@@ -427,7 +432,14 @@ async fn workload_identity(
         ));
     };
     let now = jiff::Timestamp::now().as_second();
-    let account = workload.authenticate(assertion, now).await?;
+    let account = state
+        .guard
+        .authenticate_assertion(
+            peer,
+            &state.metrics,
+            workload.authenticate(assertion, now, &state.metrics),
+        )
+        .await?;
     let bt = workload.mapped(&account, params.sid.as_deref(), &state.issuer)?;
     let bootstrap = state.issuer.bootstrap();
     if params

@@ -31,10 +31,12 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer
 const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// A client that needs a secret (sha256 of "secret"), to show an assertion never stands in for it.
+/// The throttle lets through the refusals the tests make on purpose, all from one address.
 const CONFIG: &str = r#"
 bootstrap:
   scope: ["A8E73740C0041C03D67C3A951AA1D7533C8F9F2FB57D7BA107210B9BC9E06DA2"]
 endpoint:
+  throttle: {burst: 1000}
   workloadIdentity:
     enabled: true
   clients:
@@ -45,6 +47,7 @@ endpoint:
 /// The token endpoint over real HTTP, reviewing through `env`'s API server as the operator.
 struct Endpoint {
     url: String,
+    metrics: EndpointMetrics,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -58,12 +61,13 @@ impl Endpoint {
     ) -> Endpoint {
         let config = Config::parse(config_yaml).expect("test config is valid");
         let client = env.operator_client().await;
+        let metrics = EndpointMetrics::new(&mut Registry::default());
         let state = Arc::new(
             State::new(
                 issuer,
                 config.endpoint,
                 Some(client.clone()),
-                EndpointMetrics::new(&mut Registry::default()),
+                metrics.clone(),
             )
             .await
             .expect("endpoint state"),
@@ -83,6 +87,7 @@ impl Endpoint {
         });
         Endpoint {
             url,
+            metrics,
             stop: Some(stop),
             task,
         }
@@ -433,6 +438,67 @@ async fn a_service_account_token_gets_the_mapped_token_and_nothing_else_does() {
 
     endpoint.stop().await;
     operator.stop().await;
+}
+
+/// A peer that sends forged assertions (well-formed, for our audience, with a wrong signature)
+/// makes the endpoint ask the API server about each only up to the throttle's burst: then it is
+/// answered 429 with no TokenReview, its genuine assertions too, until its allowance accrues.
+#[tokio::test]
+async fn forged_assertions_are_throttled_before_they_cost_a_review() {
+    let env = TestEnv::global();
+    let ns = env.namespace("wid-forged").await;
+    let admin = admin().await;
+    let sa = create_service_account(&admin, &ns, "api").await;
+    let config_yaml = CONFIG.replace("{burst: 1000}", "{burst: 3, interval: 1h}");
+    let config = Config::parse(&config_yaml).unwrap();
+    let keys = KeySet::new(LocalKey::generate("100").unwrap(), vec![]);
+    let issuer = Arc::new(app::issuer(
+        &config,
+        Arc::new(KeyProvider::from_keys(keys)),
+        &mut Registry::default(),
+    ));
+    let endpoint = Endpoint::start(env, issuer, &config_yaml, &[&ns]).await;
+    let now = jiff::Timestamp::now().as_second();
+    let genuine = forged(env, &sa, ISSUER, now + 600);
+    let forgery = |n: i64| {
+        let other = forged(env, &sa, ISSUER, now + 601 + n);
+        let (signed, _) = genuine.rsplit_once('.').unwrap();
+        format!("{signed}.{}", other.rsplit_once('.').unwrap().1)
+    };
+    // 503 until the endpoint has listed the mappings (that is no failure of the sender's).
+    eventually("the first forgery refused by the API server", || async {
+        let (status, body) = endpoint.exchange(&forgery(0), &[]).await;
+        (status == 401 && body["error"] == "invalid_client").then_some(())
+    })
+    .await;
+    for n in 1..3 {
+        let (status, body) = endpoint.exchange(&forgery(n), &[]).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{body}"
+        );
+    }
+    let reviews = endpoint.metrics.token_reviews.get();
+    assert_eq!(reviews, 3, "one TokenReview per forgery within the burst");
+    for n in 3..8 {
+        let (status, body) = endpoint.exchange(&forgery(n), &[]).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (429, Some("slow_down")),
+            "{body}"
+        );
+        assert!(body.get("access_token").is_none());
+    }
+    let (status, _) = endpoint.exchange(&genuine, &[]).await;
+    assert_eq!(status, 429, "the throttled source waits, whatever it sends");
+    assert_eq!(
+        endpoint.metrics.token_reviews.get(),
+        reviews,
+        "no TokenReview for a throttled source"
+    );
+    assert_eq!(endpoint.metrics.throttled.get(), 6);
+    endpoint.stop().await;
 }
 
 /// `storeToken: false`: no Secret, Ready with its own reason; turning it off deletes the Secret

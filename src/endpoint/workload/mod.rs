@@ -20,6 +20,7 @@ pub use mappings::Mappings;
 pub use review::{KubeReviewer, Review, ReviewError, TokenReviewer};
 
 use super::error::{ErrorKind, OAuthError};
+use super::metrics::EndpointMetrics;
 use super::params::Params;
 use crate::duration;
 use crate::resource::BootstrapToken;
@@ -126,6 +127,7 @@ impl WorkloadIdentity {
         &self,
         assertion: &str,
         now: i64,
+        metrics: &EndpointMetrics,
     ) -> Result<ServiceAccount, OAuthError> {
         let parsed = assertion::parse(assertion, now)
             .map_err(|why| OAuthError::new(ErrorKind::InvalidAssertion, why.to_string()))?;
@@ -139,6 +141,7 @@ impl WorkloadIdentity {
                 "the ServiceAccount mappings are not loaded yet; try again shortly",
             ));
         }
+        metrics.token_reviews.inc();
         let review = self
             .reviewer
             .review(assertion, &self.audience)

@@ -69,6 +69,11 @@ fn workload(cache: bool) -> (WorkloadIdentity, Arc<FakeApiServer>) {
     (workload, api)
 }
 
+/// Metrics nobody reads: only the reviews the fake counts matter here.
+fn metrics() -> EndpointMetrics {
+    EndpointMetrics::new(&mut prometheus_client::registry::Registry::default())
+}
+
 fn register(api: &FakeApiServer, token: &str, username: &str) {
     api.tokens
         .lock()
@@ -81,9 +86,15 @@ async fn reviews_are_cached_and_survive_an_outage_until_they_expire() {
     let (workload, api) = workload(true);
     let known = assertion("a", NOW + 600);
     register(&api, &known, "system:serviceaccount:team-a:api");
-    let account = workload.authenticate(&known, NOW).await.unwrap();
+    let account = workload
+        .authenticate(&known, NOW, &metrics())
+        .await
+        .unwrap();
     assert_eq!(account.to_string(), "team-a/api");
-    workload.authenticate(&known, NOW + 1).await.unwrap();
+    workload
+        .authenticate(&known, NOW + 1, &metrics())
+        .await
+        .unwrap();
     assert_eq!(
         api.reviews.load(Ordering::SeqCst),
         1,
@@ -92,14 +103,23 @@ async fn reviews_are_cached_and_survive_an_outage_until_they_expire() {
 
     api.down.store(true, Ordering::SeqCst);
     assert_eq!(
-        workload.authenticate(&known, NOW + 29).await.unwrap(),
+        workload
+            .authenticate(&known, NOW + 29, &metrics())
+            .await
+            .unwrap(),
         account
     );
     let new = assertion("b", NOW + 600);
     register(&api, &new, "system:serviceaccount:team-a:api");
-    let error = workload.authenticate(&new, NOW + 29).await.unwrap_err();
+    let error = workload
+        .authenticate(&new, NOW + 29, &metrics())
+        .await
+        .unwrap_err();
     assert_eq!(error.kind, ErrorKind::ReviewUnavailable);
-    let error = workload.authenticate(&known, NOW + 30).await.unwrap_err();
+    let error = workload
+        .authenticate(&known, NOW + 30, &metrics())
+        .await
+        .unwrap_err();
     assert_eq!(
         error.kind,
         ErrorKind::ReviewUnavailable,
@@ -109,8 +129,14 @@ async fn reviews_are_cached_and_survive_an_outage_until_they_expire() {
     api.down.store(false, Ordering::SeqCst);
     let short = assertion("c", NOW + 5);
     register(&api, &short, "system:serviceaccount:team-a:api");
-    workload.authenticate(&short, NOW).await.unwrap();
-    let error = workload.authenticate(&short, NOW + 5).await.unwrap_err();
+    workload
+        .authenticate(&short, NOW, &metrics())
+        .await
+        .unwrap();
+    let error = workload
+        .authenticate(&short, NOW + 5, &metrics())
+        .await
+        .unwrap_err();
     assert_eq!(
         error.kind,
         ErrorKind::InvalidAssertion,
@@ -124,7 +150,10 @@ async fn without_the_cache_every_assertion_is_reviewed() {
     let known = assertion("a", NOW + 600);
     register(&api, &known, "system:serviceaccount:team-a:api");
     for _ in 0..3 {
-        workload.authenticate(&known, NOW).await.unwrap();
+        workload
+            .authenticate(&known, NOW, &metrics())
+            .await
+            .unwrap();
     }
     assert_eq!(api.reviews.load(Ordering::SeqCst), 3);
 }
@@ -136,14 +165,23 @@ async fn refused_assertions_cost_no_review_when_they_can_be_told_locally() {
         ("expired", assertion("a", NOW - 1)),
         ("garbage", "garbage".to_string()),
     ] {
-        let error = workload.authenticate(&token, NOW).await.unwrap_err();
+        let error = workload
+            .authenticate(&token, NOW, &metrics())
+            .await
+            .unwrap_err();
         assert_eq!(error.kind, ErrorKind::InvalidAssertion, "{what}");
     }
     assert_eq!(api.reviews.load(Ordering::SeqCst), 0);
     let unknown = assertion("forged", NOW + 600);
-    let error = workload.authenticate(&unknown, NOW).await.unwrap_err();
+    let error = workload
+        .authenticate(&unknown, NOW, &metrics())
+        .await
+        .unwrap_err();
     assert_eq!(error.kind, ErrorKind::InvalidAssertion);
-    let error = workload.authenticate(&unknown, NOW).await.unwrap_err();
+    let error = workload
+        .authenticate(&unknown, NOW, &metrics())
+        .await
+        .unwrap_err();
     assert_eq!(
         error.kind,
         ErrorKind::InvalidAssertion,
@@ -158,7 +196,10 @@ async fn nothing_is_decided_before_the_mappings_are_listed() {
     let workload = WorkloadIdentity::new(&WorkloadIdentityConfig::default(), AUDIENCE, api.clone());
     let token = assertion("a", NOW + 600);
     register(&api, &token, "system:serviceaccount:team-a:api");
-    let error = workload.authenticate(&token, NOW).await.unwrap_err();
+    let error = workload
+        .authenticate(&token, NOW, &metrics())
+        .await
+        .unwrap_err();
     assert_eq!(error.kind, ErrorKind::ReviewUnavailable);
 }
 
