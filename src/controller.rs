@@ -41,10 +41,10 @@ use crate::token::{
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "bootstraptoken";
 
-/// Long requeues are capped: a periodic look also catches drift that no watch event reports.
-const MAX_REQUEUE: Duration = Duration::from_secs(3600);
 /// kubectl's client-side apply copy of the whole object, not needed by the controller.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// Long requeues are capped: a periodic look also catches drift that no watch event reports.
+const MAX_REQUEUE: Duration = Duration::from_secs(3600);
 /// Reconciles in flight at once. Unbounded, a burst of thousands of objects meets the API
 /// server's in-flight limit (429s and back-off) and inflates memory.
 const MAX_CONCURRENT_RECONCILES: u16 = 16;
@@ -188,13 +188,10 @@ impl Context {
         Some(counts)
     }
 
-    fn cached_secret(&self, namespace: &str, name: &str) -> Option<ObjectMeta> {
+    fn cached_secret(&self, namespace: &str, name: &str) -> Option<Arc<CachedSecret>> {
         let key = ObjectRef::new(name).within(namespace);
         let stores = self.owned_secrets.read().unwrap_or_else(|e| e.into_inner());
-        stores
-            .iter()
-            .find_map(|store| store.get(&key))
-            .map(|secret| secret.metadata())
+        stores.iter().find_map(|store| store.get(&key))
     }
 
     /// The Secret as the owned-Secret cache sees it, once the cache has listed them all (a
@@ -216,7 +213,7 @@ impl Context {
         match tokio::time::timeout(wait, ready).await {
             Ok(results) if !stores.is_empty() && results.iter().all(Result::is_ok) => {
                 match self.cached_secret(namespace, name) {
-                    Some(metadata) => Cached::Found(Box::new(metadata)),
+                    Some(secret) => Cached::Found(secret),
                     None => Cached::Absent,
                 }
             }
@@ -660,33 +657,32 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     // Until the revoked tokens are listed, a revoked token in a Secret would look valid.
     ctx.issuer.revocations().wait_synced().await;
     let cached = ctx.secret_in_cache(&namespace, &secret_name).await;
-    let existing = match record::lookup(bt, cached, &ctx.issuer, &keys) {
-        Lookup::Known(metadata) => Some(Secret {
-            metadata: *metadata,
-            ..Default::default()
-        }),
-        Lookup::Absent => None,
-        Lookup::Read => read_secret(ctx, bt, &secrets, &secret_name).await?,
+    let (existing, known) = match record::lookup(bt, cached, &ctx.issuer, &keys) {
+        Lookup::Known(secret) => (Some(secret.secret()), Some(secret)),
+        Lookup::Absent => (None, None),
+        Lookup::Read => (read_secret(ctx, bt, &secrets, &secret_name).await?, None),
     };
-    if let Some(done) = carry_out(bt, ctx, &secrets, existing).await? {
+    if let Some(done) = carry_out(bt, ctx, &secrets, existing, known.as_deref()).await? {
         return Ok(done);
     }
     // The cache could not tell after all: read the Secret and decide again. A Secret read in
     // full always carries its data, so this carries out.
     let existing = read_secret(ctx, bt, &secrets, &secret_name).await?;
-    Ok(carry_out(bt, ctx, &secrets, existing)
+    Ok(carry_out(bt, ctx, &secrets, existing, None)
         .await?
         .unwrap_or((Outcome::Unchanged, Action::requeue(CONFLICT_REQUEUE))))
 }
 
 /// Decides on `existing` and carries the decision out; `None` when that needs the Secret read
 /// from the API server: a kept token not read whose Secret needs writing, or a Secret not seen
-/// that exists after all. A Secret not seen is only ever created, never overwritten.
+/// that exists after all. A Secret not seen is only ever created, never overwritten. `known`:
+/// `existing` is only what the cache keeps of it.
 async fn carry_out(
     bt: &BootstrapToken,
     ctx: &Context,
     secrets: &Api<Secret>,
     existing: Option<Secret>,
+    known: Option<&CachedSecret>,
 ) -> Result<Option<(Outcome, Action)>, Error> {
     let keys = ctx.issuer.keys().await?;
     let create_only = existing.is_none();
@@ -785,7 +781,7 @@ async fn carry_out(
     );
     let up_to_date = existing.as_ref().is_some_and(|s| match token {
         Some(_) => secret_matches(s, &desired),
-        None => metadata_matches(&s.metadata, &desired.metadata),
+        None => known.is_some_and(|known| known.applied_as(&desired.metadata)),
     });
     if issued.is_some() || !up_to_date {
         if token.is_none() {
@@ -898,7 +894,7 @@ async fn read_secret(
 ) -> Result<Option<Secret>, Error> {
     let namespace = bt.namespace().unwrap_or_default();
     let metadata = match ctx.cached_secret(&namespace, name) {
-        Some(metadata) => Some(metadata),
+        Some(secret) => Some(secret.secret().metadata),
         None => {
             let api: Api<PartialObjectMeta<Secret>> =
                 Api::namespaced(ctx.client.clone(), &namespace);
@@ -1231,15 +1227,23 @@ pub async fn run(
     let controllers: Vec<_> = apis
         .into_iter()
         .map(|(tokens, secrets)| {
-            // managedFields and kubectl's last-applied copy are most of an object's size and are
-            // never read here: dropping them before the cache keeps memory flat at 10 000 objects.
+            // managedFields, labels and kubectl's last-applied copy of the whole object are most
+            // of an object's size and are never read here: they are dropped before the cache.
+            // (Other annotations stay: a change of any of them triggers a reconcile.)
             let (store, writer) = reflector::store();
             stores.push(store.clone());
             let tokens = watcher(tokens, watcher::Config::default())
                 .backoff(crate::backoff::watch())
                 .modify(|bt: &mut BootstrapToken| {
-                    bt.managed_fields_mut().clear();
-                    bt.annotations_mut().remove(LAST_APPLIED);
+                    let metadata = &mut bt.metadata;
+                    metadata.managed_fields = None;
+                    metadata.labels = None;
+                    if let Some(notes) = metadata.annotations.as_mut() {
+                        notes.remove(LAST_APPLIED);
+                        if notes.is_empty() {
+                            metadata.annotations = None;
+                        }
+                    }
                 })
                 .reflect(writer)
                 .applied_objects()
@@ -1254,9 +1258,6 @@ pub async fn run(
             let owned_secrets = watcher(secrets, owned.clone())
                 .backoff(crate::backoff::watch())
                 .map_ok(CachedSecret::event)
-                .modify(|secret: &mut CachedSecret| {
-                    secret.annotations_mut().remove(LAST_APPLIED);
-                })
                 .reflect(secret_writer)
                 // Deletions too: a Secret that lost our label leaves the watch as a deletion,
                 // and its owner must put the label back.

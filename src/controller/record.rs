@@ -2,8 +2,8 @@
 //! holds (its metadata and the status say so), whether to read it at all, and which watch events
 //! are only the echo of the operator's own writes.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -19,10 +19,10 @@ use kube::api::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use crate::resource::{BootstrapToken, MANAGER, TOKEN_KEY, annotations};
+use crate::resource::{BootstrapToken, FINALIZER, MANAGER, TOKEN_KEY, annotations};
 use crate::token::{Claims, Issuer, KeySet, TOKEN_VERSION};
 
-use super::Reason;
+use super::{Reason, applied_keys};
 
 /// A resourceVersion no object can have (etcd revisions are signed 64-bit): as the precondition
 /// of a server-side apply it lets the apply create the Secret and fails it with 409 Conflict when
@@ -62,35 +62,123 @@ pub(super) fn owns_token(metadata: &ObjectMeta) -> bool {
     })
 }
 
-/// An owned Secret as the cache keeps it: the metadata decisions read, less what they never read,
-/// and instead of its managedFields (most of the metadata's size) the one fact read from them,
-/// [`owns_token`].
-#[derive(Debug, Clone)]
+/// The annotations of an owned Secret that decisions read, in this order in [`CachedSecret`].
+const NOTES: [&str; 7] = [
+    annotations::SERVICE_ID,
+    annotations::TOKEN_ID,
+    annotations::KEY_ID,
+    annotations::EXPIRES_AT,
+    annotations::CLAIMS,
+    annotations::REISSUE,
+    annotations::REVOKE,
+];
+
+/// What our last apply set that is still as it set it: the label and annotation keys our field
+/// manager owns with their current values, the ownerReferences, whether our finalizer is there.
+/// Equal to [`desired_digest`] of what we would apply exactly when that apply would change none
+/// of it, so the cache need not keep the labels, annotations and managedFields themselves.
+type Digest = [u8; 16];
+
+fn digest(
+    labels: &[(String, Option<&String>)],
+    notes: &[(String, Option<&String>)],
+    metadata: &ObjectMeta,
+    finalized: bool,
+) -> Digest {
+    let inputs = json!([labels, notes, metadata.owner_references, finalized]);
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, inputs.to_string().as_bytes());
+    let mut out = Digest::default();
+    out.copy_from_slice(&digest.as_ref()[..16]);
+    out
+}
+
+/// [`Digest`] of a Secret as it is.
+fn applied_digest(metadata: &ObjectMeta) -> Digest {
+    fn current<'a>(
+        metadata: &ObjectMeta,
+        field: &str,
+        values: Option<&'a BTreeMap<String, String>>,
+    ) -> Vec<(String, Option<&'a String>)> {
+        let mut keys = applied_keys(metadata, field);
+        keys.sort();
+        keys.into_iter()
+            .map(|key| {
+                let value = values.and_then(|v| v.get(&key));
+                (key, value)
+            })
+            .collect()
+    }
+    let finalized = metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
+    digest(
+        &current(metadata, "f:labels", metadata.labels.as_ref()),
+        &current(metadata, "f:annotations", metadata.annotations.as_ref()),
+        metadata,
+        finalized,
+    )
+}
+
+/// [`Digest`] of the Secret's metadata as we would apply it.
+pub(super) fn desired_digest(desired: &ObjectMeta) -> Digest {
+    fn all(values: Option<&BTreeMap<String, String>>) -> Vec<(String, Option<&String>)> {
+        values
+            .into_iter()
+            .flatten()
+            .map(|(key, value)| (key.clone(), Some(value)))
+            .collect()
+    }
+    digest(
+        &all(desired.labels.as_ref()),
+        &all(desired.annotations.as_ref()),
+        desired,
+        true,
+    )
+}
+
+/// An owned Secret as the cache keeps it: only what decisions read, as plain fields. Its labels,
+/// annotations and managedFields (most of its metadata's size, in maps and strings) are reduced
+/// to the facts read from them: the operator's annotations, [`owns_token`] and [`Digest`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct CachedSecret {
+    /// Name, namespace and ownerReferences: the store's key and the owner the watch triggers.
     metadata: ObjectMeta,
+    resource_version: Option<String>,
+    /// The values of [`NOTES`].
+    notes: [Option<String>; NOTES.len()],
     owns_token: bool,
+    applied: Digest,
 }
 
 impl CachedSecret {
     pub(super) fn new(secret: PartialObjectMeta<Secret>) -> Self {
-        let owns_token = owns_token(&secret.metadata);
-        let metadata = ObjectMeta {
-            managed_fields: None,
-            uid: None,
-            creation_timestamp: None,
-            ..secret.metadata
-        };
+        let mut metadata = secret.metadata;
+        let owns_token = owns_token(&metadata);
+        let applied = applied_digest(&metadata);
+        let mut annotations = metadata.annotations.take().unwrap_or_default();
+        let notes = NOTES.map(|key| annotations.remove(key));
         CachedSecret {
-            metadata,
+            metadata: ObjectMeta {
+                name: metadata.name,
+                namespace: metadata.namespace,
+                owner_references: metadata.owner_references,
+                ..Default::default()
+            },
+            resource_version: metadata.resource_version,
+            notes,
             owns_token,
+            applied,
         }
     }
 
-    /// The metadata, our ownership of the token written back as the managedFields entry
-    /// [`owns_token`] reads.
-    pub(super) fn metadata(&self) -> ObjectMeta {
-        let mut metadata = self.metadata.clone();
-        metadata.managed_fields = self.owns_token.then(|| {
+    /// The Secret's metadata as far as decisions read it: the operator's annotations, and our
+    /// ownership of the token written back as the managedFields entry [`owns_token`] reads.
+    pub(super) fn secret(&self) -> Secret {
+        let annotations = NOTES
+            .iter()
+            .zip(&self.notes)
+            .filter_map(|(key, value)| Some((key.to_string(), value.clone()?)))
+            .collect();
+        let managed_fields = self.owns_token.then(|| {
             vec![ManagedFieldsEntry {
                 manager: Some(MANAGER.into()),
                 operation: Some("Apply".into()),
@@ -98,7 +186,25 @@ impl CachedSecret {
                 ..Default::default()
             }]
         });
-        metadata
+        Secret {
+            metadata: ObjectMeta {
+                annotations: Some(annotations),
+                managed_fields,
+                resource_version: self.resource_version.clone(),
+                ..self.metadata.clone()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Whether applying `desired` would change nothing our last apply set.
+    pub(super) fn applied_as(&self, desired: &ObjectMeta) -> bool {
+        self.applied == desired_digest(desired)
+    }
+
+    fn note(&self, key: &str) -> Option<&String> {
+        let index = NOTES.iter().position(|k| *k == key)?;
+        self.notes[index].as_ref()
     }
 
     /// A watch event of the Secrets' metadata, as the cache keeps it.
@@ -190,7 +296,7 @@ pub(super) fn recorded(
 /// The Secret an object names, as the owned-Secret cache sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Cached {
-    Found(Box<ObjectMeta>),
+    Found(Arc<CachedSecret>),
     /// Not among our Secrets, and the cache has listed them all.
     Absent,
     /// The cache has not listed them yet.
@@ -201,7 +307,7 @@ pub(super) enum Cached {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Lookup {
     /// The cached metadata proves which token the Secret holds: no request.
-    Known(Box<ObjectMeta>),
+    Known(Arc<CachedSecret>),
     /// No Secret of ours has that name, and the status puts no token there: a new object.
     Absent,
     /// The cache cannot decide: read the Secret (its data only if it is ours).
@@ -228,8 +334,10 @@ pub(super) fn lookup(
             Lookup::Read
         }
         Cached::Absent => Lookup::Absent,
-        Cached::Found(metadata) if recorded(bt, &metadata, issuer, keys).is_some() => {
-            Lookup::Known(metadata)
+        Cached::Found(secret)
+            if recorded(bt, &secret.secret().metadata, issuer, keys).is_some() =>
+        {
+            Lookup::Known(secret)
         }
         Cached::Found(_) => Lookup::Read,
     }
@@ -287,10 +395,7 @@ impl OwnWrites {
         match writes.get_mut(&key) {
             None | Some(Written::Echoed) => false,
             Some(pending @ Written::Pending(_)) => {
-                let seen = meta
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(annotations::TOKEN_ID));
+                let seen = secret.note(annotations::TOKEN_ID);
                 let echo = matches!(pending, Written::Pending(token_id) if seen == Some(token_id));
                 if echo {
                     *pending = Written::Echoed;
@@ -298,7 +403,7 @@ impl OwnWrites {
                 echo
             }
             Some(Written::At(version)) => {
-                let echo = meta.resource_version.as_ref() == Some(version);
+                let echo = secret.resource_version.as_ref() == Some(version);
                 writes.remove(&key);
                 echo
             }
@@ -318,7 +423,7 @@ mod tests {
 
     use super::super::{Decision, IssueReason, World, decide, desired_secret, rfc3339};
     use super::*;
-    use crate::resource::{BootstrapTokenSpec, BootstrapTokenStatus};
+    use crate::resource::{BootstrapTokenSpec, BootstrapTokenStatus, MANAGED_BY_LABEL};
     use crate::token::{BootstrapConfig, LocalKey, test_issuer};
 
     const NOW: i64 = 1_800_000_000;
@@ -363,24 +468,40 @@ mod tests {
         bt
     }
 
-    /// The metadata of the Secret our apply of `claims`' token wrote, as the cache keeps it.
+    /// The metadata of the Secret our apply of `claims`' token wrote, as the API server shows
+    /// it: `manager`'s managedFields entry owns what it applied.
     fn applied(bt: &BootstrapToken, issuer: &Issuer, claims: &Claims, manager: &str) -> ObjectMeta {
         let digest = claims_digest(issuer);
         let secret = desired_secret(bt, "svc-bootstrap-token", "t", claims, "100", &digest);
         let mut metadata = secret.metadata;
+        let keys = |values: &Option<BTreeMap<String, String>>| {
+            let keys: serde_json::Map<_, _> = values
+                .iter()
+                .flatten()
+                .map(|(key, _)| (format!("f:{key}"), json!({})))
+                .collect();
+            serde_json::Value::Object(keys)
+        };
         metadata.managed_fields = Some(vec![ManagedFieldsEntry {
             manager: Some(manager.into()),
             operation: Some("Apply".into()),
-            fields_v1: Some(FieldsV1(
-                json!({"f:data": {"f:token": {}}, "f:metadata": {"f:labels": {}}}),
-            )),
+            fields_v1: Some(FieldsV1(json!({
+                "f:data": {"f:token": {}},
+                "f:metadata": {
+                    "f:labels": keys(&metadata.labels),
+                    "f:annotations": keys(&metadata.annotations),
+                },
+            }))),
             ..Default::default()
         }]);
+        metadata
+    }
+
+    fn cached(metadata: ObjectMeta) -> CachedSecret {
         CachedSecret::new(PartialObjectMeta {
             metadata,
             ..Default::default()
         })
-        .metadata()
     }
 
     #[test]
@@ -388,7 +509,7 @@ mod tests {
         let issuer = issuer("scope.a");
         let claims = issuer.bootstrap_claims("com.example.svc", 10 * HOUR, NOW - 60);
         let ours = bt(&claims);
-        let found = |metadata: ObjectMeta| Cached::Found(Box::new(metadata));
+        let found = |metadata: ObjectMeta| Cached::Found(Arc::new(cached(metadata)));
         let good = applied(&ours, &issuer, &claims, MANAGER);
         let edit = |f: &dyn Fn(&mut ObjectMeta)| {
             let mut metadata = good.clone();
@@ -433,7 +554,7 @@ mod tests {
         for (name, bt, cached, issuer, known) in cases {
             let got = lookup(bt, cached.clone(), issuer, &KEYS);
             let want = match (known, cached) {
-                (true, Cached::Found(metadata)) => Lookup::Known(metadata),
+                (true, Cached::Found(secret)) => Lookup::Known(secret),
                 (_, Cached::Absent) if bt.status.is_none() => Lookup::Absent,
                 _ => Lookup::Read,
             };
@@ -446,10 +567,8 @@ mod tests {
         let issuer = issuer("scope.a");
         let claims = issuer.bootstrap_claims("com.example.svc", 10 * HOUR, NOW - 60);
         let ours = bt(&claims);
-        let metadata_only = |bt: &BootstrapToken| Secret {
-            metadata: applied(bt, &issuer, &claims, MANAGER),
-            ..Default::default()
-        };
+        let metadata_only =
+            |bt: &BootstrapToken| cached(applied(bt, &issuer, &claims, MANAGER)).secret();
         let decide_at = |bt: &BootstrapToken, now: i64| {
             let world = World {
                 issuer: &issuer,
@@ -499,6 +618,84 @@ mod tests {
             decide(&ours, Some(&bare), &world),
             Decision::Issue(_, IssueReason::SecretMissing)
         ));
+    }
+
+    #[test]
+    fn the_cache_tells_whether_an_apply_would_change_anything() {
+        let issuer = issuer("scope.a");
+        let claims = issuer.bootstrap_claims("com.example.svc", 10 * HOUR, NOW - 60);
+        let ours = bt(&claims);
+        let digest = claims_digest(&issuer);
+        let desired = desired_secret(&ours, "svc-bootstrap-token", "t", &claims, "100", &digest);
+        let good = applied(&ours, &issuer, &claims, MANAGER);
+        assert!(cached(good.clone()).applied_as(&desired.metadata));
+        let mut noted = good.clone();
+        // Others' labels and annotations are no concern of ours.
+        noted
+            .labels
+            .get_or_insert_default()
+            .insert("team".into(), "a".into());
+        noted
+            .annotations
+            .get_or_insert_default()
+            .insert("note".into(), "x".into());
+        assert!(cached(noted).applied_as(&desired.metadata));
+        type Edit = Box<dyn Fn(&mut ObjectMeta)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            (
+                "our label changed",
+                Box::new(|m| {
+                    m.labels
+                        .get_or_insert_default()
+                        .insert(MANAGED_BY_LABEL.into(), "x".into());
+                }),
+            ),
+            (
+                "our annotation removed",
+                Box::new(|m| {
+                    m.annotations
+                        .get_or_insert_default()
+                        .remove(annotations::SERVICE_ID);
+                }),
+            ),
+            (
+                "owner changed",
+                Box::new(|m| {
+                    m.owner_references.get_or_insert_default()[0].uid = "other".into();
+                }),
+            ),
+            ("finalizer removed", Box::new(|m| m.finalizers = None)),
+            (
+                "managed by someone else",
+                Box::new(|m| m.managed_fields = None),
+            ),
+        ];
+        for (name, edit) in edits {
+            let mut metadata = good.clone();
+            edit(&mut metadata);
+            assert!(!cached(metadata).applied_as(&desired.metadata), "{name}");
+        }
+        // A label dropped from the template: we applied it, and want it no longer.
+        let mut templated = ours.clone();
+        templated.spec.secret_template = Some(crate::resource::SecretTemplate {
+            labels: [("tier".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        });
+        let earlier = applied(&templated, &issuer, &claims, MANAGER);
+        assert!(
+            cached(earlier.clone()).applied_as(
+                &desired_secret(
+                    &templated,
+                    "svc-bootstrap-token",
+                    "t",
+                    &claims,
+                    "100",
+                    &digest
+                )
+                .metadata
+            )
+        );
+        assert!(!cached(earlier).applied_as(&desired.metadata));
     }
 
     #[test]
