@@ -1227,9 +1227,11 @@ pub async fn run(
     let controllers: Vec<_> = apis
         .into_iter()
         .map(|(tokens, secrets)| {
-            // managedFields, labels and kubectl's last-applied copy of the whole object are most
-            // of an object's size and are never read here: they are dropped before the cache.
-            // (Other annotations stay: a change of any of them triggers a reconcile.)
+            // managedFields, labels, ownerReferences and kubectl's last-applied copy of the whole
+            // object are most of an object's size and are never read here: they are dropped
+            // before the cache, and so is the resourceVersion, which the store, the predicate and
+            // the scheduler would otherwise each copy into their keys. (Other annotations stay: a
+            // change of any of them triggers a reconcile.)
             let (store, writer) = reflector::store();
             stores.push(store.clone());
             let tokens = watcher(tokens, watcher::Config::default())
@@ -1238,6 +1240,8 @@ pub async fn run(
                     let metadata = &mut bt.metadata;
                     metadata.managed_fields = None;
                     metadata.labels = None;
+                    metadata.owner_references = None;
+                    metadata.resource_version = None;
                     if let Some(notes) = metadata.annotations.as_mut() {
                         notes.remove(LAST_APPLIED);
                         if notes.is_empty() {
