@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -21,7 +21,7 @@ use serde_json::json;
 
 mod record;
 
-use record::{Cached, CachedSecret, Lookup, OwnWrites};
+use record::{Cached, CachedSecret, Lookup, OwnWrites, SecretCache};
 
 use crate::backoff::Backoff;
 use crate::duration;
@@ -119,7 +119,7 @@ pub struct Context {
     /// see which namespace holds a service id.
     tokens: std::sync::RwLock<Vec<Store<BootstrapToken>>>,
     /// The metadata of the Secrets the operator manages, from the same controllers' watches.
-    owned_secrets: std::sync::RwLock<Vec<Store<CachedSecret>>>,
+    owned_secrets: std::sync::RwLock<Vec<Arc<SecretCache>>>,
     own_writes: OwnWrites,
     cache_late: std::sync::atomic::AtomicBool,
     /// Spreads re-issues onto a rotated key over time.
@@ -188,10 +188,9 @@ impl Context {
         Some(counts)
     }
 
-    fn cached_secret(&self, namespace: &str, name: &str) -> Option<Arc<CachedSecret>> {
-        let key = ObjectRef::new(name).within(namespace);
-        let stores = self.owned_secrets.read().unwrap_or_else(|e| e.into_inner());
-        stores.iter().find_map(|store| store.get(&key))
+    fn cached_secret(&self, namespace: &str, name: &str) -> Option<CachedSecret> {
+        let caches = self.owned_secrets.read().unwrap_or_else(|e| e.into_inner());
+        caches.iter().find_map(|cache| cache.get(namespace, name))
     }
 
     /// The Secret as the owned-Secret cache sees it, once the cache has listed them all (a
@@ -202,7 +201,7 @@ impl Context {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let ready = futures::future::join_all(stores.iter().map(Store::wait_until_ready));
+        let ready = futures::future::join_all(stores.iter().map(|cache| cache.wait_until_ready()));
         // A cache that once failed to list in time (no RBAC to, say) must not hold up every
         // reconcile: after that, it is used only once it is ready.
         let wait = if self.cache_late.load(std::sync::atomic::Ordering::Relaxed) {
@@ -211,12 +210,10 @@ impl Context {
             CACHE_WAIT
         };
         match tokio::time::timeout(wait, ready).await {
-            Ok(results) if !stores.is_empty() && results.iter().all(Result::is_ok) => {
-                match self.cached_secret(namespace, name) {
-                    Some(secret) => Cached::Found(secret),
-                    None => Cached::Absent,
-                }
-            }
+            Ok(_) if !stores.is_empty() => match self.cached_secret(namespace, name) {
+                Some(secret) => Cached::Found(Box::new(secret)),
+                None => Cached::Absent,
+            },
             Err(_) => {
                 self.cache_late
                     .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -658,7 +655,7 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     ctx.issuer.revocations().wait_synced().await;
     let cached = ctx.secret_in_cache(&namespace, &secret_name).await;
     let (existing, known) = match record::lookup(bt, cached, &ctx.issuer, &keys) {
-        Lookup::Known(secret) => (Some(secret.secret()), Some(secret)),
+        Lookup::Known(secret) => (Some(secret.secret(&namespace, &secret_name)), Some(secret)),
         Lookup::Absent => (None, None),
         Lookup::Read => (read_secret(ctx, bt, &secrets, &secret_name).await?, None),
     };
@@ -894,7 +891,7 @@ async fn read_secret(
 ) -> Result<Option<Secret>, Error> {
     let namespace = bt.namespace().unwrap_or_default();
     let metadata = match ctx.cached_secret(&namespace, name) {
-        Some(secret) => Some(secret.secret().metadata),
+        Some(secret) => Some(secret.secret(&namespace, name).metadata),
         None => {
             let api: Api<PartialObjectMeta<Secret>> =
                 Api::namespaced(ctx.client.clone(), &namespace);
@@ -1257,20 +1254,22 @@ pub async fn run(
                     predicates::generation.combine(predicates::annotations),
                     Default::default(),
                 );
-            let (secret_store, secret_writer) = reflector::store();
-            secret_stores.push(secret_store);
+            let secret_cache = Arc::new(SecretCache::default());
+            secret_stores.push(secret_cache.clone());
             let owned_secrets = watcher(secrets, owned.clone())
                 .backoff(crate::backoff::watch())
-                .map_ok(CachedSecret::event)
-                .reflect(secret_writer)
-                // Deletions too: a Secret that lost our label leaves the watch as a deletion,
-                // and its owner must put the label back.
-                .touched_objects()
-                // Our own Secret writes need no reconcile: the one that wrote them goes on to
-                // write the status.
-                .try_filter({
+                .filter_map({
                     let ctx = ctx.clone();
-                    move |secret| std::future::ready(!ctx.own_writes.is_echo(secret))
+                    move |event| {
+                        let owner = match event {
+                            Ok(event) => secret_cache.apply(event, &ctx.own_writes),
+                            Err(error) => {
+                                tracing::debug!(%error, "watching the owned Secrets");
+                                None
+                            }
+                        };
+                        std::future::ready(owner)
+                    }
                 });
             // A revoked current token (at the endpoint, say) is replaced at once.
             let lookup = store.clone();
@@ -1281,7 +1280,7 @@ pub async fn run(
                 async move { found.map(|bt| ObjectRef::from(&*bt)) }
             });
             Controller::for_stream(tokens, store)
-                .owns_stream(owned_secrets)
+                .reconcile_on(owned_secrets)
                 .reconcile_on(revoked)
                 .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
                 .trigger_backoff(crate::backoff::watch())
