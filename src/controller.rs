@@ -1220,7 +1220,7 @@ pub async fn run(
             .collect()
     };
     let mut stores = Vec::new();
-    let mut secret_stores = Vec::new();
+    let mut secret_caches = Vec::new();
     let controllers: Vec<_> = apis
         .into_iter()
         .map(|(tokens, secrets)| {
@@ -1255,7 +1255,7 @@ pub async fn run(
                     Default::default(),
                 );
             let secret_cache = Arc::new(SecretCache::default());
-            secret_stores.push(secret_cache.clone());
+            secret_caches.push(secret_cache.clone());
             let owned_secrets = watcher(secrets, owned.clone())
                 .backoff(crate::backoff::watch())
                 .filter_map({
@@ -1296,7 +1296,7 @@ pub async fn run(
         })
         .collect();
     *ctx.tokens.write().unwrap_or_else(|e| e.into_inner()) = stores;
-    *ctx.owned_secrets.write().unwrap_or_else(|e| e.into_inner()) = secret_stores;
+    *ctx.owned_secrets.write().unwrap_or_else(|e| e.into_inner()) = secret_caches;
     futures::future::join_all(controllers).await;
 }
 

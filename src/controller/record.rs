@@ -119,7 +119,7 @@ fn applied_digest(metadata: &ObjectMeta) -> Digest {
 }
 
 /// [`Digest`] of the Secret's metadata as we would apply it.
-pub(super) fn desired_digest(desired: &ObjectMeta) -> Digest {
+fn desired_digest(desired: &ObjectMeta) -> Digest {
     fn all(values: Option<&BTreeMap<String, String>>) -> Vec<(String, Option<&String>)> {
         values
             .into_iter()
