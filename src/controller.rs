@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -21,7 +21,7 @@ use serde_json::json;
 
 mod record;
 
-use record::{Cached, CachedSecret, Lookup, OwnWrites};
+use record::{Cached, CachedSecret, Lookup, OwnWrites, SecretCache};
 
 use crate::backoff::Backoff;
 use crate::duration;
@@ -41,10 +41,10 @@ use crate::token::{
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "bootstraptoken";
 
-/// Long requeues are capped: a periodic look also catches drift that no watch event reports.
-const MAX_REQUEUE: Duration = Duration::from_secs(3600);
 /// kubectl's client-side apply copy of the whole object, not needed by the controller.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// Long requeues are capped: a periodic look also catches drift that no watch event reports.
+const MAX_REQUEUE: Duration = Duration::from_secs(3600);
 /// Reconciles in flight at once. Unbounded, a burst of thousands of objects meets the API
 /// server's in-flight limit (429s and back-off) and inflates memory.
 const MAX_CONCURRENT_RECONCILES: u16 = 16;
@@ -123,7 +123,7 @@ pub struct Context {
     /// see which namespace holds a service id.
     tokens: std::sync::RwLock<Vec<Store<BootstrapToken>>>,
     /// The metadata of the Secrets the operator manages, from the same controllers' watches.
-    owned_secrets: std::sync::RwLock<Vec<Store<CachedSecret>>>,
+    owned_secrets: std::sync::RwLock<Vec<Arc<SecretCache>>>,
     own_writes: OwnWrites,
     cache_late: std::sync::atomic::AtomicBool,
     /// Spreads re-issues onto a rotated key over time.
@@ -192,13 +192,9 @@ impl Context {
         Some(counts)
     }
 
-    fn cached_secret(&self, namespace: &str, name: &str) -> Option<ObjectMeta> {
-        let key = ObjectRef::new(name).within(namespace);
-        let stores = self.owned_secrets.read().unwrap_or_else(|e| e.into_inner());
-        stores
-            .iter()
-            .find_map(|store| store.get(&key))
-            .map(|secret| secret.metadata())
+    fn cached_secret(&self, namespace: &str, name: &str) -> Option<CachedSecret> {
+        let caches = self.owned_secrets.read().unwrap_or_else(|e| e.into_inner());
+        caches.iter().find_map(|cache| cache.get(namespace, name))
     }
 
     /// The Secret as the owned-Secret cache sees it, once the cache has listed them all (a
@@ -209,7 +205,7 @@ impl Context {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let ready = futures::future::join_all(stores.iter().map(Store::wait_until_ready));
+        let ready = futures::future::join_all(stores.iter().map(|cache| cache.wait_until_ready()));
         // A cache that once failed to list in time (no RBAC to, say) must not hold up every
         // reconcile: after that, it is used only once it is ready.
         let wait = if self.cache_late.load(std::sync::atomic::Ordering::Relaxed) {
@@ -218,12 +214,10 @@ impl Context {
             CACHE_WAIT
         };
         match tokio::time::timeout(wait, ready).await {
-            Ok(results) if !stores.is_empty() && results.iter().all(Result::is_ok) => {
-                match self.cached_secret(namespace, name) {
-                    Some(metadata) => Cached::Found(Box::new(metadata)),
-                    None => Cached::Absent,
-                }
-            }
+            Ok(_) if !stores.is_empty() => match self.cached_secret(namespace, name) {
+                Some(secret) => Cached::Found(Box::new(secret)),
+                None => Cached::Absent,
+            },
             Err(_) => {
                 self.cache_late
                     .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -686,33 +680,32 @@ async fn issue(bt: &BootstrapToken, ctx: &Context) -> Result<(Outcome, Action), 
     // Until the revoked tokens are listed, a revoked token in a Secret would look valid.
     ctx.issuer.revocations().wait_synced().await;
     let cached = ctx.secret_in_cache(&namespace, &secret_name).await;
-    let existing = match record::lookup(bt, cached, &ctx.issuer, &keys) {
-        Lookup::Known(metadata) => Some(Secret {
-            metadata: *metadata,
-            ..Default::default()
-        }),
-        Lookup::Absent => None,
-        Lookup::Read => read_secret(ctx, bt, &secrets, &secret_name).await?,
+    let (existing, known) = match record::lookup(bt, cached, &ctx.issuer, &keys) {
+        Lookup::Known(secret) => (Some(secret.secret(&namespace, &secret_name)), Some(secret)),
+        Lookup::Absent => (None, None),
+        Lookup::Read => (read_secret(ctx, bt, &secrets, &secret_name).await?, None),
     };
-    if let Some(done) = carry_out(bt, ctx, &secrets, existing).await? {
+    if let Some(done) = carry_out(bt, ctx, &secrets, existing, known.as_deref()).await? {
         return Ok(done);
     }
     // The cache could not tell after all: read the Secret and decide again. A Secret read in
     // full always carries its data, so this carries out.
     let existing = read_secret(ctx, bt, &secrets, &secret_name).await?;
-    Ok(carry_out(bt, ctx, &secrets, existing)
+    Ok(carry_out(bt, ctx, &secrets, existing, None)
         .await?
         .unwrap_or((Outcome::Unchanged, Action::requeue(CONFLICT_REQUEUE))))
 }
 
 /// Decides on `existing` and carries the decision out; `None` when that needs the Secret read
 /// from the API server: a kept token not read whose Secret needs writing, or a Secret not seen
-/// that exists after all. A Secret not seen is only ever created, never overwritten.
+/// that exists after all. A Secret not seen is only ever created, never overwritten. `known`:
+/// `existing` is only what the cache keeps of it.
 async fn carry_out(
     bt: &BootstrapToken,
     ctx: &Context,
     secrets: &Api<Secret>,
     existing: Option<Secret>,
+    known: Option<&CachedSecret>,
 ) -> Result<Option<(Outcome, Action)>, Error> {
     let keys = ctx.issuer.keys().await?;
     let create_only = existing.is_none();
@@ -829,7 +822,7 @@ async fn carry_out(
     );
     let up_to_date = existing.as_ref().is_some_and(|s| match token {
         Some(_) => secret_matches(s, &desired),
-        None => metadata_matches(&s.metadata, &desired.metadata),
+        None => known.is_some_and(|known| known.applied_as(&desired.metadata)),
     });
     if issued.is_some() || !up_to_date {
         if token.is_none() {
@@ -943,7 +936,7 @@ async fn read_secret(
 ) -> Result<Option<Secret>, Error> {
     let namespace = bt.namespace().unwrap_or_default();
     let metadata = match ctx.cached_secret(&namespace, name) {
-        Some(metadata) => Some(metadata),
+        Some(secret) => Some(secret.secret(&namespace, name).metadata),
         None => {
             let api: Api<PartialObjectMeta<Secret>> =
                 Api::namespaced(ctx.client.clone(), &namespace);
@@ -1286,19 +1279,31 @@ pub async fn run(
             .collect()
     };
     let mut stores = Vec::new();
-    let mut secret_stores = Vec::new();
+    let mut secret_caches = Vec::new();
     let controllers: Vec<_> = apis
         .into_iter()
         .map(|(tokens, secrets)| {
-            // managedFields and kubectl's last-applied copy are most of an object's size and are
-            // never read here: dropping them before the cache keeps memory flat at 10 000 objects.
+            // managedFields, labels, ownerReferences and kubectl's last-applied copy of the whole
+            // object are most of an object's size and are never read here: they are dropped
+            // before the cache, and so is the resourceVersion, which the store, the predicate and
+            // the scheduler would otherwise each copy into their keys. (Other annotations stay: a
+            // change of any of them triggers a reconcile.)
             let (store, writer) = reflector::store();
             stores.push(store.clone());
             let tokens = watcher(tokens, watcher::Config::default())
                 .backoff(crate::backoff::watch())
                 .modify(|bt: &mut BootstrapToken| {
-                    bt.managed_fields_mut().clear();
-                    bt.annotations_mut().remove(LAST_APPLIED);
+                    let metadata = &mut bt.metadata;
+                    metadata.managed_fields = None;
+                    metadata.labels = None;
+                    metadata.owner_references = None;
+                    metadata.resource_version = None;
+                    if let Some(notes) = metadata.annotations.as_mut() {
+                        notes.remove(LAST_APPLIED);
+                        if notes.is_empty() {
+                            metadata.annotations = None;
+                        }
+                    }
                 })
                 .reflect(writer)
                 .applied_objects()
@@ -1308,23 +1313,22 @@ pub async fn run(
                     predicates::generation.combine(predicates::annotations),
                     Default::default(),
                 );
-            let (secret_store, secret_writer) = reflector::store();
-            secret_stores.push(secret_store);
+            let secret_cache = Arc::new(SecretCache::default());
+            secret_caches.push(secret_cache.clone());
             let owned_secrets = watcher(secrets, owned.clone())
                 .backoff(crate::backoff::watch())
-                .map_ok(CachedSecret::event)
-                .modify(|secret: &mut CachedSecret| {
-                    secret.annotations_mut().remove(LAST_APPLIED);
-                })
-                .reflect(secret_writer)
-                // Deletions too: a Secret that lost our label leaves the watch as a deletion,
-                // and its owner must put the label back.
-                .touched_objects()
-                // Our own Secret writes need no reconcile: the one that wrote them goes on to
-                // write the status.
-                .try_filter({
+                .filter_map({
                     let ctx = ctx.clone();
-                    move |secret| std::future::ready(!ctx.own_writes.is_echo(secret))
+                    move |event| {
+                        let owner = match event {
+                            Ok(event) => secret_cache.apply(event, &ctx.own_writes),
+                            Err(error) => {
+                                tracing::debug!(%error, "watching the owned Secrets");
+                                None
+                            }
+                        };
+                        std::future::ready(owner)
+                    }
                 });
             // A revoked current token (at the endpoint, say) is replaced at once.
             let lookup = store.clone();
@@ -1335,7 +1339,7 @@ pub async fn run(
                 async move { found.map(|bt| ObjectRef::from(&*bt)) }
             });
             Controller::for_stream(tokens, store)
-                .owns_stream(owned_secrets)
+                .reconcile_on(owned_secrets)
                 .reconcile_on(revoked)
                 .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
                 .trigger_backoff(crate::backoff::watch())
@@ -1351,7 +1355,7 @@ pub async fn run(
         })
         .collect();
     *ctx.tokens.write().unwrap_or_else(|e| e.into_inner()) = stores;
-    *ctx.owned_secrets.write().unwrap_or_else(|e| e.into_inner()) = secret_stores;
+    *ctx.owned_secrets.write().unwrap_or_else(|e| e.into_inner()) = secret_caches;
     futures::future::join_all(controllers).await;
 }
 

@@ -2,27 +2,27 @@
 //! holds (its metadata and the status say so), whether to read it at all, and which watch events
 //! are only the echo of the operator's own writes.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-use std::borrow::Cow;
-
-use k8s_openapi::NamespaceResourceScope;
-use kube::Resource;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    FieldsV1, ManagedFieldsEntry, OwnerReference,
+};
 use kube::api::{ObjectMeta, PartialObjectMeta};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::resource::{BootstrapToken, MANAGER, TOKEN_KEY, annotations};
+use crate::resource::{BootstrapToken, FINALIZER, MANAGER, TOKEN_KEY, annotations};
 use crate::token::{Claims, Issuer, KeySet, TOKEN_VERSION};
 
-use super::Reason;
+use super::{Reason, applied_keys};
 
 /// A resourceVersion no object can have (etcd revisions are signed 64-bit): as the precondition
 /// of a server-side apply it lets the apply create the Secret and fails it with 409 Conflict when
@@ -62,35 +62,125 @@ pub(super) fn owns_token(metadata: &ObjectMeta) -> bool {
     })
 }
 
-/// An owned Secret as the cache keeps it: the metadata decisions read, less what they never read,
-/// and instead of its managedFields (most of the metadata's size) the one fact read from them,
-/// [`owns_token`].
-#[derive(Debug, Clone)]
+/// The annotations of an owned Secret that decisions read, in this order in [`CachedSecret`].
+const NOTES: [&str; 7] = [
+    annotations::SERVICE_ID,
+    annotations::TOKEN_ID,
+    annotations::KEY_ID,
+    annotations::EXPIRES_AT,
+    annotations::CLAIMS,
+    annotations::REISSUE,
+    annotations::REVOKE,
+];
+
+/// What our last apply set that is still as it set it: the label and annotation keys our field
+/// manager owns with their current values, the ownerReferences, whether our finalizer is there.
+/// Equal to [`desired_digest`] of what we would apply exactly when that apply would change none
+/// of it, so the cache need not keep the labels, annotations and managedFields themselves.
+type Digest = [u8; 16];
+
+fn digest(
+    labels: &[(String, Option<&String>)],
+    notes: &[(String, Option<&String>)],
+    metadata: &ObjectMeta,
+    finalized: bool,
+) -> Digest {
+    let inputs = json!([labels, notes, metadata.owner_references, finalized]);
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, inputs.to_string().as_bytes());
+    let mut out = Digest::default();
+    out.copy_from_slice(&digest.as_ref()[..16]);
+    out
+}
+
+/// [`Digest`] of a Secret as it is.
+fn applied_digest(metadata: &ObjectMeta) -> Digest {
+    fn current<'a>(
+        metadata: &ObjectMeta,
+        field: &str,
+        values: Option<&'a BTreeMap<String, String>>,
+    ) -> Vec<(String, Option<&'a String>)> {
+        let mut keys = applied_keys(metadata, field);
+        keys.sort();
+        keys.into_iter()
+            .map(|key| {
+                let value = values.and_then(|v| v.get(&key));
+                (key, value)
+            })
+            .collect()
+    }
+    let finalized = metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
+    digest(
+        &current(metadata, "f:labels", metadata.labels.as_ref()),
+        &current(metadata, "f:annotations", metadata.annotations.as_ref()),
+        metadata,
+        finalized,
+    )
+}
+
+/// [`Digest`] of the Secret's metadata as we would apply it.
+fn desired_digest(desired: &ObjectMeta) -> Digest {
+    fn all(values: Option<&BTreeMap<String, String>>) -> Vec<(String, Option<&String>)> {
+        values
+            .into_iter()
+            .flatten()
+            .map(|(key, value)| (key.clone(), Some(value)))
+            .collect()
+    }
+    digest(
+        &all(desired.labels.as_ref()),
+        &all(desired.annotations.as_ref()),
+        desired,
+        true,
+    )
+}
+
+/// An owned Secret as the cache keeps it: only what decisions read, as plain fields. Its labels,
+/// annotations and managedFields (most of its metadata's size, in maps and strings) are reduced
+/// to the facts read from them: the operator's annotations, [`owns_token`] and [`Digest`]; its
+/// name and namespace are the [`SecretCache`]'s keys.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CachedSecret {
-    metadata: ObjectMeta,
+    /// The BootstrapToken controlling it: name and uid.
+    owner: Option<(String, String)>,
+    resource_version: Option<String>,
+    /// The values of [`NOTES`].
+    notes: [Option<String>; NOTES.len()],
     owns_token: bool,
+    applied: Digest,
 }
 
 impl CachedSecret {
-    pub(super) fn new(secret: PartialObjectMeta<Secret>) -> Self {
-        let owns_token = owns_token(&secret.metadata);
-        let metadata = ObjectMeta {
-            managed_fields: None,
-            uid: None,
-            creation_timestamp: None,
-            ..secret.metadata
-        };
+    pub(super) fn new(metadata: &mut ObjectMeta) -> Self {
+        let owns_token = owns_token(metadata);
+        let applied = applied_digest(metadata);
+        let mut annotations = metadata.annotations.take().unwrap_or_default();
+        let notes = NOTES.map(|key| annotations.remove(key));
+        let owner = metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|owner| owner.controller == Some(true) && owner.kind == BootstrapToken::kind(&()))
+            .map(|owner| (owner.name.clone(), owner.uid.clone()));
         CachedSecret {
-            metadata,
+            owner,
+            resource_version: metadata.resource_version.take(),
+            notes,
             owns_token,
+            applied,
         }
     }
 
-    /// The metadata, our ownership of the token written back as the managedFields entry
-    /// [`owns_token`] reads.
-    pub(super) fn metadata(&self) -> ObjectMeta {
-        let mut metadata = self.metadata.clone();
-        metadata.managed_fields = self.owns_token.then(|| {
+    /// The Secret `namespace/name`'s metadata as far as decisions read it: its controller, the
+    /// operator's annotations, and our ownership of the token written back as the managedFields
+    /// entry [`owns_token`] reads.
+    pub(super) fn secret(&self, namespace: &str, name: &str) -> Secret {
+        let annotations = NOTES
+            .iter()
+            .zip(&self.notes)
+            .filter_map(|(key, value)| Some((key.to_string(), value.clone()?)))
+            .collect();
+        let managed_fields = self.owns_token.then(|| {
             vec![ManagedFieldsEntry {
                 manager: Some(MANAGER.into()),
                 operation: Some("Apply".into()),
@@ -98,48 +188,135 @@ impl CachedSecret {
                 ..Default::default()
             }]
         });
-        metadata
+        let owner_references = self.owner.as_ref().map(|(owner, uid)| {
+            vec![OwnerReference {
+                api_version: BootstrapToken::api_version(&()).into(),
+                kind: BootstrapToken::kind(&()).into(),
+                name: owner.clone(),
+                uid: uid.clone(),
+                controller: Some(true),
+                ..Default::default()
+            }]
+        });
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                annotations: Some(annotations),
+                managed_fields,
+                owner_references,
+                resource_version: self.resource_version.clone(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
     }
 
-    /// A watch event of the Secrets' metadata, as the cache keeps it.
-    pub(super) fn event(event: watcher::Event<PartialObjectMeta<Secret>>) -> watcher::Event<Self> {
-        match event {
-            watcher::Event::Apply(secret) => watcher::Event::Apply(Self::new(secret)),
-            watcher::Event::Delete(secret) => watcher::Event::Delete(Self::new(secret)),
-            watcher::Event::Init => watcher::Event::Init,
-            watcher::Event::InitApply(secret) => watcher::Event::InitApply(Self::new(secret)),
-            watcher::Event::InitDone => watcher::Event::InitDone,
+    /// Whether applying `desired` would change nothing our last apply set.
+    pub(super) fn applied_as(&self, desired: &ObjectMeta) -> bool {
+        self.applied == desired_digest(desired)
+    }
+
+    fn note(&self, key: &str) -> Option<&String> {
+        let index = NOTES.iter().position(|k| *k == key)?;
+        self.notes[index].as_ref()
+    }
+}
+
+/// The owned Secrets of one watch, as [`CachedSecret`]s by namespace and name: kube's reflector
+/// would need each to carry an `ObjectMeta` (~350 bytes even empty) and keep an `ObjectRef` key.
+#[derive(Debug)]
+pub struct SecretCache {
+    secrets: RwLock<Secrets>,
+    /// Filled by a (re)list until it is complete, then it replaces `secrets`.
+    listing: Mutex<Option<Secrets>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+type Secrets = HashMap<String, HashMap<String, CachedSecret>>;
+
+impl Default for SecretCache {
+    fn default() -> Self {
+        SecretCache {
+            secrets: Default::default(),
+            listing: Default::default(),
+            ready: tokio::sync::watch::Sender::new(false),
         }
     }
 }
 
-/// A Secret's, so that the controller maps it to its owner.
-impl Resource for CachedSecret {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Secret::kind(&())
+impl SecretCache {
+    /// Once the first list is complete.
+    pub(super) async fn wait_until_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        // The sender is `self`'s, so it outlives this wait.
+        let _ = ready.wait_for(|ready| *ready).await;
     }
 
-    fn group(_: &()) -> Cow<'_, str> {
-        Secret::group(&())
+    pub(super) fn get(&self, namespace: &str, name: &str) -> Option<CachedSecret> {
+        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        secrets.get(namespace)?.get(name).cloned()
     }
 
-    fn version(_: &()) -> Cow<'_, str> {
-        Secret::version(&())
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        Secret::plural(&())
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+    /// Applies a watch event of the Secrets' metadata; returns the BootstrapToken it concerns, to
+    /// reconcile, unless the event is the echo of our own write (the reconcile that wrote it goes
+    /// on to write the status) or the Secret has no BootstrapToken controlling it.
+    pub(super) fn apply(
+        &self,
+        event: watcher::Event<PartialObjectMeta<Secret>>,
+        own_writes: &OwnWrites,
+    ) -> Option<ObjectRef<BootstrapToken>> {
+        let (secret, listed, deleted) = match event {
+            watcher::Event::Init => {
+                *self.listing.lock().unwrap_or_else(|e| e.into_inner()) = Some(Secrets::new());
+                return None;
+            }
+            watcher::Event::InitDone => {
+                let listed = self
+                    .listing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some(listed) = listed {
+                    *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = listed;
+                }
+                self.ready.send_replace(true);
+                return None;
+            }
+            watcher::Event::InitApply(secret) => (secret, true, false),
+            watcher::Event::Apply(secret) => (secret, false, false),
+            // A Secret that lost our label leaves the watch as a deletion too, and its owner
+            // must put the label back.
+            watcher::Event::Delete(secret) => (secret, false, true),
+        };
+        let mut metadata = secret.metadata;
+        let (Some(namespace), Some(name)) = (metadata.namespace.take(), metadata.name.take())
+        else {
+            return None;
+        };
+        let cached = CachedSecret::new(&mut metadata);
+        let echo = own_writes.is_echo(&namespace, &name, &cached);
+        let owner = cached
+            .owner
+            .as_ref()
+            .map(|(owner, _)| ObjectRef::new(owner).within(&namespace));
+        let mut listing = self.listing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.secrets.write().unwrap_or_else(|e| e.into_inner());
+        let secrets = match listing.as_mut() {
+            Some(listing) if listed => listing,
+            _ => &mut *current,
+        };
+        if deleted {
+            if let Some(in_namespace) = secrets.get_mut(&namespace) {
+                in_namespace.remove(&name);
+                if in_namespace.is_empty() {
+                    secrets.remove(&namespace);
+                }
+            }
+        } else {
+            secrets.entry(namespace).or_default().insert(name, cached);
+        }
+        if echo { None } else { owner }
     }
 }
 
@@ -190,7 +367,7 @@ pub(super) fn recorded(
 /// The Secret an object names, as the owned-Secret cache sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Cached {
-    Found(Box<ObjectMeta>),
+    Found(Box<CachedSecret>),
     /// Not among our Secrets, and the cache has listed them all.
     Absent,
     /// The cache has not listed them yet.
@@ -201,7 +378,7 @@ pub(super) enum Cached {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Lookup {
     /// The cached metadata proves which token the Secret holds: no request.
-    Known(Box<ObjectMeta>),
+    Known(Box<CachedSecret>),
     /// No Secret of ours has that name, and the status puts no token there: a new object.
     Absent,
     /// The cache cannot decide: read the Secret (its data only if it is ours).
@@ -228,8 +405,18 @@ pub(super) fn lookup(
             Lookup::Read
         }
         Cached::Absent => Lookup::Absent,
-        Cached::Found(metadata) if recorded(bt, &metadata, issuer, keys).is_some() => {
-            Lookup::Known(metadata)
+        Cached::Found(secret)
+            if recorded(
+                bt,
+                &secret
+                    .secret(&bt.namespace().unwrap_or_default(), &bt.secret_name())
+                    .metadata,
+                issuer,
+                keys,
+            )
+            .is_some() =>
+        {
+            Lookup::Known(secret)
         }
         Cached::Found(_) => Lookup::Read,
     }
@@ -274,23 +461,16 @@ impl OwnWrites {
 
     /// Whether this event shows the Secret as we wrote it. An entry is spent by its echo, or
     /// by any event once the write is answered: later ones are other changes.
-    pub(super) fn is_echo(&self, secret: &CachedSecret) -> bool {
-        let meta = &secret.metadata;
-        let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
-            return false;
-        };
+    pub(super) fn is_echo(&self, namespace: &str, name: &str, secret: &CachedSecret) -> bool {
         let mut writes = self.lock();
         if writes.is_empty() {
             return false;
         }
-        let key = (namespace.clone(), name.clone());
+        let key = (namespace.to_string(), name.to_string());
         match writes.get_mut(&key) {
             None | Some(Written::Echoed) => false,
             Some(pending @ Written::Pending(_)) => {
-                let seen = meta
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(annotations::TOKEN_ID));
+                let seen = secret.note(annotations::TOKEN_ID);
                 let echo = matches!(pending, Written::Pending(token_id) if seen == Some(token_id));
                 if echo {
                     *pending = Written::Echoed;
@@ -298,7 +478,7 @@ impl OwnWrites {
                 echo
             }
             Some(Written::At(version)) => {
-                let echo = meta.resource_version.as_ref() == Some(version);
+                let echo = secret.resource_version.as_ref() == Some(version);
                 writes.remove(&key);
                 echo
             }
@@ -318,7 +498,7 @@ mod tests {
 
     use super::super::{Decision, IssueReason, World, decide, desired_secret, rfc3339};
     use super::*;
-    use crate::resource::{BootstrapTokenSpec, BootstrapTokenStatus};
+    use crate::resource::{BootstrapTokenSpec, BootstrapTokenStatus, MANAGED_BY_LABEL};
     use crate::token::{BootstrapConfig, LocalKey, test_issuer};
 
     const NOW: i64 = 1_800_000_000;
@@ -363,24 +543,37 @@ mod tests {
         bt
     }
 
-    /// The metadata of the Secret our apply of `claims`' token wrote, as the cache keeps it.
+    /// The metadata of the Secret our apply of `claims`' token wrote, as the API server shows
+    /// it: `manager`'s managedFields entry owns what it applied.
     fn applied(bt: &BootstrapToken, issuer: &Issuer, claims: &Claims, manager: &str) -> ObjectMeta {
         let digest = claims_digest(issuer);
         let secret = desired_secret(bt, "svc-bootstrap-token", "t", claims, "100", &digest);
         let mut metadata = secret.metadata;
+        let keys = |values: &Option<BTreeMap<String, String>>| {
+            let keys: serde_json::Map<_, _> = values
+                .iter()
+                .flatten()
+                .map(|(key, _)| (format!("f:{key}"), json!({})))
+                .collect();
+            serde_json::Value::Object(keys)
+        };
         metadata.managed_fields = Some(vec![ManagedFieldsEntry {
             manager: Some(manager.into()),
             operation: Some("Apply".into()),
-            fields_v1: Some(FieldsV1(
-                json!({"f:data": {"f:token": {}}, "f:metadata": {"f:labels": {}}}),
-            )),
+            fields_v1: Some(FieldsV1(json!({
+                "f:data": {"f:token": {}},
+                "f:metadata": {
+                    "f:labels": keys(&metadata.labels),
+                    "f:annotations": keys(&metadata.annotations),
+                },
+            }))),
             ..Default::default()
         }]);
-        CachedSecret::new(PartialObjectMeta {
-            metadata,
-            ..Default::default()
-        })
-        .metadata()
+        metadata
+    }
+
+    fn cached(mut metadata: ObjectMeta) -> CachedSecret {
+        CachedSecret::new(&mut metadata)
     }
 
     #[test]
@@ -388,7 +581,7 @@ mod tests {
         let issuer = issuer("scope.a");
         let claims = issuer.bootstrap_claims("com.example.svc", 10 * HOUR, NOW - 60);
         let ours = bt(&claims);
-        let found = |metadata: ObjectMeta| Cached::Found(Box::new(metadata));
+        let found = |metadata: ObjectMeta| Cached::Found(Box::new(cached(metadata)));
         let good = applied(&ours, &issuer, &claims, MANAGER);
         let edit = |f: &dyn Fn(&mut ObjectMeta)| {
             let mut metadata = good.clone();
@@ -433,7 +626,7 @@ mod tests {
         for (name, bt, cached, issuer, known) in cases {
             let got = lookup(bt, cached.clone(), issuer, &KEYS);
             let want = match (known, cached) {
-                (true, Cached::Found(metadata)) => Lookup::Known(metadata),
+                (true, Cached::Found(secret)) => Lookup::Known(secret),
                 (_, Cached::Absent) if bt.status.is_none() => Lookup::Absent,
                 _ => Lookup::Read,
             };
@@ -446,9 +639,8 @@ mod tests {
         let issuer = issuer("scope.a");
         let claims = issuer.bootstrap_claims("com.example.svc", 10 * HOUR, NOW - 60);
         let ours = bt(&claims);
-        let metadata_only = |bt: &BootstrapToken| Secret {
-            metadata: applied(bt, &issuer, &claims, MANAGER),
-            ..Default::default()
+        let metadata_only = |bt: &BootstrapToken| {
+            cached(applied(bt, &issuer, &claims, MANAGER)).secret("team-a", "svc-bootstrap-token")
         };
         let decide_at = |bt: &BootstrapToken, now: i64| {
             let world = World {
@@ -502,55 +694,179 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_tells_whether_an_apply_would_change_anything() {
+        let issuer = issuer("scope.a");
+        let claims = issuer.bootstrap_claims("com.example.svc", 10 * HOUR, NOW - 60);
+        let ours = bt(&claims);
+        let digest = claims_digest(&issuer);
+        let desired = desired_secret(&ours, "svc-bootstrap-token", "t", &claims, "100", &digest);
+        let good = applied(&ours, &issuer, &claims, MANAGER);
+        assert!(cached(good.clone()).applied_as(&desired.metadata));
+        let mut noted = good.clone();
+        // Others' labels and annotations are no concern of ours.
+        noted
+            .labels
+            .get_or_insert_default()
+            .insert("team".into(), "a".into());
+        noted
+            .annotations
+            .get_or_insert_default()
+            .insert("note".into(), "x".into());
+        assert!(cached(noted).applied_as(&desired.metadata));
+        type Edit = Box<dyn Fn(&mut ObjectMeta)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            (
+                "our label changed",
+                Box::new(|m| {
+                    m.labels
+                        .get_or_insert_default()
+                        .insert(MANAGED_BY_LABEL.into(), "x".into());
+                }),
+            ),
+            (
+                "our annotation removed",
+                Box::new(|m| {
+                    m.annotations
+                        .get_or_insert_default()
+                        .remove(annotations::SERVICE_ID);
+                }),
+            ),
+            (
+                "owner changed",
+                Box::new(|m| {
+                    m.owner_references.get_or_insert_default()[0].uid = "other".into();
+                }),
+            ),
+            ("finalizer removed", Box::new(|m| m.finalizers = None)),
+            (
+                "managed by someone else",
+                Box::new(|m| m.managed_fields = None),
+            ),
+        ];
+        for (name, edit) in edits {
+            let mut metadata = good.clone();
+            edit(&mut metadata);
+            assert!(!cached(metadata).applied_as(&desired.metadata), "{name}");
+        }
+        // A label dropped from the template: we applied it, and want it no longer.
+        let mut templated = ours.clone();
+        templated.spec.secret_template = Some(crate::resource::SecretTemplate {
+            labels: [("tier".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        });
+        let earlier = applied(&templated, &issuer, &claims, MANAGER);
+        assert!(
+            cached(earlier.clone()).applied_as(
+                &desired_secret(
+                    &templated,
+                    "svc-bootstrap-token",
+                    "t",
+                    &claims,
+                    "100",
+                    &digest
+                )
+                .metadata
+            )
+        );
+        assert!(!cached(earlier).applied_as(&desired.metadata));
+    }
+
+    /// The metadata of Secret `ns/s`, controlled by BootstrapToken `svc`, holding `token_id`.
+    fn watched(version: &str, token_id: &str) -> PartialObjectMeta<Secret> {
+        let mut metadata = ObjectMeta {
+            namespace: Some("ns".into()),
+            name: Some("s".into()),
+            resource_version: Some(version.into()),
+            annotations: Some([(annotations::TOKEN_ID.to_string(), token_id.to_string())].into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: BootstrapToken::api_version(&()).into(),
+                kind: BootstrapToken::kind(&()).into(),
+                name: "svc".into(),
+                uid: "u".into(),
+                controller: Some(true),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        metadata.labels = Some([(MANAGED_BY_LABEL.to_string(), MANAGER.to_string())].into());
+        PartialObjectMeta {
+            metadata,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_secret_cache_follows_lists_and_changes_and_names_the_owner() {
+        let cache = SecretCache::default();
+        let writes = OwnWrites::default();
+        let owner = Some(ObjectRef::new("svc").within("ns"));
+        let got = |cache: &SecretCache| cache.get("ns", "s").and_then(|s| s.resource_version);
+        assert_eq!(cache.apply(watcher::Event::Init, &writes), None);
+        assert_eq!(
+            cache.apply(watcher::Event::InitApply(watched("1", "a")), &writes),
+            owner
+        );
+        assert_eq!(got(&cache), None, "a list in progress is not the cache yet");
+        cache.apply(watcher::Event::InitDone, &writes);
+        assert_eq!(got(&cache), Some("1".into()));
+        assert!(*cache.ready.borrow());
+        assert_eq!(
+            cache.apply(watcher::Event::Apply(watched("2", "b")), &writes),
+            owner
+        );
+        assert_eq!(got(&cache), Some("2".into()));
+        let secret = cache.get("ns", "s").unwrap().secret("ns", "s");
+        assert_eq!(
+            secret.metadata.annotations.unwrap()[annotations::TOKEN_ID],
+            "b"
+        );
+        assert_eq!(secret.metadata.owner_references.unwrap()[0].uid, "u");
+        // A relist replaces what was there: a Secret gone meanwhile is gone from the cache.
+        cache.apply(watcher::Event::Init, &writes);
+        assert_eq!(
+            got(&cache),
+            Some("2".into()),
+            "kept until the relist is complete"
+        );
+        cache.apply(watcher::Event::InitDone, &writes);
+        assert_eq!(got(&cache), None);
+        cache.apply(watcher::Event::Apply(watched("3", "c")), &writes);
+        assert_eq!(
+            cache.apply(watcher::Event::Delete(watched("4", "c")), &writes),
+            owner
+        );
+        assert_eq!(got(&cache), None);
+    }
+
+    #[test]
     fn only_the_echo_of_our_own_write_is_skipped() {
         let writes = OwnWrites::default();
-        let secret = |version: &str, token_id: &str| {
-            let mut secret = Secret::default();
-            secret.metadata.namespace = Some("ns".into());
-            secret.metadata.name = Some("s".into());
-            secret.metadata.resource_version = Some(version.into());
-            secret.metadata.annotations =
-                Some([(annotations::TOKEN_ID.to_string(), token_id.to_string())].into());
-            secret
+        let cache = SecretCache::default();
+        let secret = |version: &str, token_id: &str| Secret {
+            metadata: watched(version, token_id).metadata,
+            ..Default::default()
         };
-        let event = |version: &str, token_id: &str| {
-            CachedSecret::new(PartialObjectMeta {
-                metadata: secret(version, token_id).metadata,
-                ..Default::default()
-            })
+        let is_echo = |version: &str, token_id: &str| {
+            let event = watcher::Event::Apply(watched(version, token_id));
+            cache.apply(event, &writes).is_none()
         };
-        assert!(!writes.is_echo(&event("5", "a")), "nothing written yet");
+        assert!(!is_echo("5", "a"), "nothing written yet");
         writes.writing("ns", "s", "a");
         writes.wrote("ns", "s", Some(&secret("5", "a")));
-        assert!(writes.is_echo(&event("5", "a")));
-        assert!(!writes.is_echo(&event("5", "a")), "an echo is skipped once");
+        assert!(is_echo("5", "a"));
+        assert!(!is_echo("5", "a"), "an echo is skipped once");
         writes.writing("ns", "s", "b");
         writes.wrote("ns", "s", Some(&secret("6", "b")));
-        assert!(
-            !writes.is_echo(&event("7", "b")),
-            "someone else's change after ours"
-        );
-        assert!(
-            !writes.is_echo(&event("6", "b")),
-            "spent by the later event"
-        );
+        assert!(!is_echo("7", "b"), "someone else's change after ours");
+        assert!(!is_echo("6", "b"), "spent by the later event");
         // The echo can come before the answer.
         writes.writing("ns", "s", "c");
-        assert!(
-            !writes.is_echo(&event("8", "b")),
-            "not the token being written"
-        );
-        assert!(writes.is_echo(&event("9", "c")));
+        assert!(!is_echo("8", "b"), "not the token being written");
+        assert!(is_echo("9", "c"));
         writes.wrote("ns", "s", Some(&secret("9", "c")));
-        assert!(
-            !writes.is_echo(&event("10", "c")),
-            "a change after the echo"
-        );
+        assert!(!is_echo("10", "c"), "a change after the echo");
         writes.writing("ns", "s", "d");
         writes.wrote("ns", "s", None);
-        assert!(
-            !writes.is_echo(&event("11", "d")),
-            "a failed write has no echo"
-        );
+        assert!(!is_echo("11", "d"), "a failed write has no echo");
     }
 }
