@@ -79,6 +79,20 @@ async fn secret_kids(namespace: &str) -> Vec<String> {
         .collect()
 }
 
+/// One BootstrapToken per name in [`TOKENS`], each with its own service id, all Ready.
+async fn apply_tokens(namespace: &str) {
+    for name in TOKENS {
+        apply_bt(
+            namespace,
+            bt_manifest(name, json!({"serviceId": format!("com.example.{name}")})),
+        )
+        .await;
+    }
+    for name in TOKENS {
+        wait_ready(namespace, name).await;
+    }
+}
+
 /// The token each BootstrapToken's Secret holds.
 async fn secret_tokens(namespace: &str) -> Vec<String> {
     let mut tokens = Vec::new();
@@ -124,16 +138,7 @@ async fn rotation_publishes_first_moves_every_token_then_retires_across_a_failov
     let b = spawn(&ns, "b", &config);
     wait_ready_replica(&a).await;
     wait_ready_replica(&b).await;
-    for name in TOKENS {
-        apply_bt(
-            &ns,
-            bt_manifest(name, json!({"serviceId": format!("com.example.{name}")})),
-        )
-        .await;
-    }
-    for name in TOKENS {
-        wait_ready(&ns, name).await;
-    }
+    apply_tokens(&ns).await;
     let before = kids(&ns).await;
     let old = before["alpha"].clone();
     assert!(before.values().all(|kid| *kid == old), "{before:?}");
@@ -273,16 +278,7 @@ endpoint:
 async fn a_key_secret_an_administrator_adds_follows_the_same_path() {
     let ns = TestEnv::global().namespace("rotation-manual").await;
     let operator = Operator::start(&ns, MANUAL).await;
-    for name in TOKENS {
-        apply_bt(
-            &ns,
-            bt_manifest(name, json!({"serviceId": format!("com.example.{name}")})),
-        )
-        .await;
-    }
-    for name in TOKENS {
-        wait_ready(&ns, name).await;
-    }
+    apply_tokens(&ns).await;
     let old = kids(&ns).await["alpha"].clone();
     let new = add_key(&ns, "next-key").await;
 
@@ -408,16 +404,7 @@ async fn a_deleted_key_secret_comes_back_from_memory_with_its_phase() {
     std::fs::write(&config, RESTORE).unwrap();
     let a = spawn(&ns, "a", &config);
     wait_ready_replica(&a).await;
-    for name in TOKENS {
-        apply_bt(
-            &ns,
-            bt_manifest(name, json!({"serviceId": format!("com.example.{name}")})),
-        )
-        .await;
-    }
-    for name in TOKENS {
-        wait_ready(&ns, name).await;
-    }
+    apply_tokens(&ns).await;
     let old = kids(&ns).await["alpha"].clone();
     let new = add_key(&ns, "next-key").await;
     let phase_is = |phase: &'static str| {
