@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use bootstrap_token_operator::app;
 use bootstrap_token_operator::config::Config;
-use bootstrap_token_operator::endpoint::{self, EndpointMetrics, State};
 use bootstrap_token_operator::token::store::KeyProvider;
 use bootstrap_token_operator::token::{KeySet, LocalKey};
 
@@ -27,8 +26,9 @@ use bootstrap_token_operator::token::{KeySet, LocalKey};
 #[path = "../tests/common/kms.rs"]
 mod local_kms;
 
-const PHASE: Duration = Duration::from_secs(8);
-const CONNECTIONS: u32 = 16;
+mod common;
+use common::{AUTHORIZATION, CONNECTIONS};
+
 const PACED_CONNECTIONS: u32 = 64;
 /// sha256 of "bench-secret": a cheap check, so signing is what is measured.
 const CONFIG: &str = r#"
@@ -38,8 +38,6 @@ endpoint:
       clientSecret: {hash: "sha256:0159438a9235d6abde38e49fb98944660d067d6b9b03d8a8f4ee4e522feb62cb"}
       scopes: [bench.read, bench.write]
 "#;
-/// base64("bench:bench-secret")
-const AUTHORIZATION: &str = "Basic YmVuY2g6YmVuY2gtc2VjcmV0";
 
 struct Wrk {
     requests_per_second: f64,
@@ -51,10 +49,7 @@ struct Wrk {
 }
 
 fn main() {
-    if Command::new("wrk").arg("--version").output().is_err() {
-        eprintln!("wrk is not installed: apt-get install -y wrk");
-        std::process::exit(1);
-    }
+    common::require_wrk();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let keys = KeySet::new(
         LocalKey::generate("100").expect("RSA key generation"),
@@ -281,34 +276,15 @@ fn raw_signing_rate(keys: &KeySet, threads: usize) -> (f64, f64) {
 /// listens; runs until the process ends.
 fn start(config: &str, keys: KeyProvider, cores: usize) -> (String, std::thread::JoinHandle<()>) {
     let config = Config::parse(config).expect("bench config");
-    let keys = Arc::new(keys);
-    let (ready, address) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let mut registry = Default::default();
-            let metrics = EndpointMetrics::new(&mut registry);
-            let issuer = Arc::new(app::issuer(&config, keys, &mut registry));
-            issuer.keys().await.expect("the signing keys load");
-            let state = State::new(issuer, config.endpoint, None, metrics)
-                .await
-                .expect("state");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            ready
-                .send(listener.local_addr().expect("address"))
-                .expect("bench alive");
-            endpoint::serve(Arc::new(state), listener, std::future::pending())
-                .await
-                .expect("serve");
-        });
+    let (address, (), thread) = common::serve(config.endpoint.clone(), cores, || async move {
+        let issuer = Arc::new(app::issuer(
+            &config,
+            Arc::new(keys),
+            &mut Default::default(),
+        ));
+        issuer.keys().await.expect("the signing keys load");
+        (issuer, ())
     });
-    let address = address.recv().expect("server started");
     (format!("http://{address}/oauth2/token"), thread)
 }
 
@@ -335,37 +311,10 @@ fn wrk(url: &str, token_request: bool, pace: Option<(f64, f64)>) -> Wrk {
             .max(1.0);
         script.push_str(&format!("function delay() return {delay_ms} end\n"));
     }
-    let path = std::env::temp_dir().join(format!("bto-bench-{}.lua", std::process::id()));
-    std::fs::write(&path, script).expect("write wrk script");
     let cpu = cpu_seconds();
-    let output = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{}s", PHASE.as_secs()),
-            "--latency",
-            "-s",
-        ])
-        .arg(&path)
-        .arg(url)
-        .output()
-        .expect("wrk runs");
+    let (text, _) = common::wrk(url, &script, connections, true);
     let cpu_seconds = cpu_seconds() - cpu;
-    let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "wrk failed: {text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(!text.contains("Non-2xx"), "requests failed:\n{text}");
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|line| line.trim().strip_prefix(prefix))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no {prefix:?} in wrk output:\n{text}"))
-            .to_string()
-    };
+    let field = |prefix: &str| common::field(&text, prefix);
     let requests = text
         .lines()
         .find_map(|line| line.trim().split_once(" requests in "))
@@ -375,8 +324,8 @@ fn wrk(url: &str, token_request: bool, pace: Option<(f64, f64)>) -> Wrk {
         requests_per_second: field("Requests/sec:").parse().expect("a number"),
         requests,
         cpu_seconds,
-        p50_ms: millis(&field("50%")),
-        p99_ms: millis(&field("99%")),
+        p50_ms: millis(field("50%")),
+        p99_ms: millis(field("99%")),
     }
 }
 
