@@ -15,7 +15,7 @@ use bootstrap_token_operator::token::rotation::{KEY_LABEL, PHASE, RETIRED_AT};
 use bootstrap_token_operator::token::{LocalKey, Signer};
 use testenv::TestEnv;
 
-use crate::process::{Replica, spawn_replica, spawn_replica_in, wait_ready_replica};
+use crate::process::{Replica, config_file, spawn_replica, spawn_replica_in, wait_ready_replica};
 use crate::revocation::{
     BOOTSTRAP_ID, BOOTSTRAP_SECRET, CLIENTS, active, bootstrap_grant as grant, jti, post, revoke,
     wait_inactive,
@@ -31,11 +31,7 @@ bootstrap:
 "#;
 
 fn config(namespace: &str, text: &str) -> std::path::PathBuf {
-    let path = TestEnv::global()
-        .dir()
-        .join(format!("{namespace}-config.yaml"));
-    std::fs::write(&path, format!("{CLIENTS}{text}")).unwrap();
-    path
+    config_file(namespace, &format!("{CLIENTS}{text}"))
 }
 
 /// The grant as the bootstrap client: the status and the body.
@@ -226,9 +222,8 @@ signing:
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_keeps_a_key_while_a_grant_token_of_it_lives() {
     let ns = TestEnv::global().namespace("issued-rotation").await;
-    let path = TestEnv::global().dir().join(format!("{ns}-config.yaml"));
     let clients = CLIENTS.replacen("endpoint:\n", "endpoint:\n  accessTokenLifetime: 3s\n", 1);
-    std::fs::write(&path, format!("{clients}{ROTATING}")).unwrap();
+    let path = config_file(&ns, &format!("{clients}{ROTATING}"));
     let replica = spawn_replica(&ns, "a", &path);
     wait_ready_replica(&replica).await;
     let held = grant(&replica, "com.example.svc").await;

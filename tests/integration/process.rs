@@ -180,6 +180,15 @@ pub struct Replica {
     pub endpoint: SocketAddr,
 }
 
+/// `yaml` written as the operator configuration of the replicas of `namespace`; its path.
+pub fn config_file(namespace: &str, yaml: &str) -> std::path::PathBuf {
+    let path = TestEnv::global()
+        .dir()
+        .join(format!("{namespace}-config.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
 /// A replica of the operator watching `namespace`, leading under `identity`, configured by `config`.
 pub fn spawn_replica(namespace: &str, identity: &str, config: &std::path::Path) -> Replica {
     spawn_replica_in(TestEnv::global(), namespace, identity, config)

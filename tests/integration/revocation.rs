@@ -14,7 +14,9 @@ use bootstrap_token_operator::revocation::{RevocationReason, RevokedToken, recor
 use bootstrap_token_operator::token::VerifyError;
 use testenv::TestEnv;
 
-use crate::process::{Replica, lease_holder, spawn_replica as spawn, wait_ready_replica};
+use crate::process::{
+    Replica, config_file, lease_holder, spawn_replica as spawn, wait_ready_replica,
+};
 use crate::support::*;
 
 pub(crate) const BOOTSTRAP_ID: &str = "f7d42348-c647-4efb-a52d-4c5787421e00";
@@ -117,8 +119,7 @@ pub(crate) fn jti(token: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revocation_reaches_every_replica_across_restart_and_failover() {
     let ns = TestEnv::global().namespace("revoke-replicas").await;
-    let config = TestEnv::global().dir().join(format!("{ns}-config.yaml"));
-    std::fs::write(&config, CLIENTS).unwrap();
+    let config = config_file(&ns, CLIENTS);
     let a = spawn(&ns, "a", &config);
     let b = spawn(&ns, "b", &config);
     wait_ready_replica(&a).await;

@@ -18,7 +18,9 @@ use bootstrap_token_operator::token::{LocalKey, Signer};
 use k8s_openapi::api::core::v1::Secret;
 use testenv::TestEnv;
 
-use crate::process::{Replica, lease_holder, spawn_replica as spawn, wait_ready_replica};
+use crate::process::{
+    Replica, config_file, lease_holder, spawn_replica as spawn, wait_ready_replica,
+};
 use crate::revocation::active;
 use crate::support::*;
 
@@ -132,8 +134,7 @@ async fn key_secrets(namespace: &str) -> Vec<Secret> {
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_publishes_first_moves_every_token_then_retires_across_a_failover() {
     let ns = TestEnv::global().namespace("rotation").await;
-    let config = TestEnv::global().dir().join(format!("{ns}-config.yaml"));
-    std::fs::write(&config, CONFIG).unwrap();
+    let config = config_file(&ns, CONFIG);
     let a = spawn(&ns, "a", &config);
     let b = spawn(&ns, "b", &config);
     wait_ready_replica(&a).await;
@@ -400,8 +401,7 @@ async fn restored(namespace: &str, deleted: &Secret) -> Secret {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_key_secret_comes_back_from_memory_with_its_phase() {
     let ns = TestEnv::global().namespace("rotation-restore").await;
-    let config = TestEnv::global().dir().join(format!("{ns}-config.yaml"));
-    std::fs::write(&config, RESTORE).unwrap();
+    let config = config_file(&ns, RESTORE);
     let a = spawn(&ns, "a", &config);
     wait_ready_replica(&a).await;
     apply_tokens(&ns).await;
