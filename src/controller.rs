@@ -15,12 +15,14 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+mod changes;
 mod record;
 
+use changes::Changes;
 use record::{Cached, CachedSecret, Lookup, OwnWrites, SecretCache};
 
 use crate::backoff::Backoff;
@@ -43,8 +45,10 @@ pub const CONTROLLER: &str = "bootstraptoken";
 
 /// kubectl's client-side apply copy of the whole object, not needed by the controller.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-/// Long requeues are capped: a periodic look also catches drift that no watch event reports.
-const MAX_REQUEUE: Duration = Duration::from_secs(3600);
+/// A renewal further off than this holds no timer: [`renewals_due`] looks every half of it for
+/// the objects whose renewal (or a missed revocation) falls within it. A timer per object costs a
+/// few hundred bytes in kube-runtime's scheduler, kept for years by a ten-year token.
+const RENEWAL_HORIZON: Duration = Duration::from_secs(3600);
 /// Reconciles in flight at once. Unbounded, a burst of thousands of objects meets the API
 /// server's in-flight limit (429s and back-off) and inflates memory.
 const MAX_CONCURRENT_RECONCILES: u16 = 16;
@@ -192,7 +196,7 @@ impl Context {
         Some(counts)
     }
 
-    fn cached_secret(&self, namespace: &str, name: &str) -> Option<CachedSecret> {
+    fn cached_secret(&self, namespace: &str, name: &str) -> Option<Arc<CachedSecret>> {
         let caches = self.owned_secrets.read().unwrap_or_else(|e| e.into_inner());
         caches.iter().find_map(|cache| cache.get(namespace, name))
     }
@@ -215,7 +219,7 @@ impl Context {
         };
         match tokio::time::timeout(wait, ready).await {
             Ok(_) if !stores.is_empty() => match self.cached_secret(namespace, name) {
-                Some(secret) => Cached::Found(Box::new(secret)),
+                Some(secret) => Cached::Found(secret),
                 None => Cached::Absent,
             },
             Err(_) => {
@@ -614,6 +618,62 @@ fn renewal_time(exp: i64, renew_before: Duration) -> i64 {
     exp.saturating_sub(i64::try_from(renew_before.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// After a Ready reconcile: a timer for a renewal within [`RENEWAL_HORIZON`], else none
+/// ([`renewals_due`] brings the object back in time).
+fn until_renewal(renewal: i64, now: i64) -> Action {
+    let wait = Duration::from_secs(
+        u64::try_from(renewal.saturating_sub(now))
+            .unwrap_or(0)
+            .max(1),
+    );
+    if wait <= RENEWAL_HORIZON {
+        Action::requeue(wait)
+    } else {
+        Action::await_change()
+    }
+}
+
+/// Whether the periodic look at `now` reconciles `bt`: its renewal falls within
+/// [`RENEWAL_HORIZON`], or its current token was revoked without the revocation reaching the
+/// controller (a listener that fell behind misses some).
+fn due_for_look(bt: &BootstrapToken, now: i64, revoked: impl Fn(&str) -> bool) -> bool {
+    let Some(status) = bt.status.as_ref() else {
+        return false;
+    };
+    let horizon = i64::try_from(RENEWAL_HORIZON.as_secs()).unwrap_or(i64::MAX);
+    let renewal_near = status
+        .renewal_time
+        .as_deref()
+        .and_then(crate::revocation::parse_time)
+        .is_some_and(|renewal| renewal <= now.saturating_add(horizon));
+    renewal_near || status.token_id.as_deref().is_some_and(revoked)
+}
+
+/// Every half [`RENEWAL_HORIZON`], the objects in `store` [`due_for_look`] picks. Scanning every
+/// half horizon for a horizon ahead, no renewal is passed before its object is back on a timer.
+fn renewals_due(
+    store: Store<BootstrapToken>,
+    issuer: Arc<Issuer>,
+) -> impl futures::Stream<Item = ObjectRef<BootstrapToken>> + Send + 'static {
+    let mut ticks = tokio::time::interval(RENEWAL_HORIZON / 2);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    futures::stream::unfold(ticks, |mut ticks| async move {
+        ticks.tick().await;
+        Some(((), ticks))
+    })
+    .flat_map(move |()| {
+        let now = Timestamp::now().as_second();
+        let revocations = issuer.revocations();
+        let due: Vec<_> = store
+            .state()
+            .iter()
+            .filter(|bt| due_for_look(bt, now, |jti| revocations.is_revoked(jti, now)))
+            .map(|bt| ObjectRef::from(&**bt))
+            .collect();
+        futures::stream::iter(due)
+    })
+}
+
 /// The result of one reconcile, as the status shows it.
 enum Outcome {
     Ready {
@@ -877,19 +937,13 @@ async fn carry_out(
     }
 
     let renewal = renewal_time(claims.exp, terms.renew_before);
-    let wait = Duration::from_secs(
-        u64::try_from(renewal.saturating_sub(now))
-            .unwrap_or(0)
-            .max(1),
-    )
-    .min(MAX_REQUEUE);
     Ok(Some((
         Outcome::Ready {
             claims: Box::new(claims),
             kid,
             renewal,
         },
-        Action::requeue(wait),
+        until_renewal(renewal, now),
     )))
 }
 
@@ -1306,13 +1360,15 @@ pub async fn run(
                     }
                 })
                 .reflect(writer)
-                .applied_objects()
-                // Our own status writes change neither generation nor annotations: skip the
-                // reconcile each of them would trigger (the spec and the reissue annotation do).
-                .predicate_filter(
-                    predicates::generation.combine(predicates::annotations),
-                    Default::default(),
-                );
+                .filter_map({
+                    let mut changes = Changes::default();
+                    move |event| {
+                        std::future::ready(match event {
+                            Ok(event) => changes.admit(event).map(Ok),
+                            Err(error) => Some(Err(error)),
+                        })
+                    }
+                });
             let secret_cache = Arc::new(SecretCache::default());
             secret_caches.push(secret_cache.clone());
             let owned_secrets = watcher(secrets, owned.clone())
@@ -1338,9 +1394,11 @@ pub async fn run(
                 });
                 async move { found.map(|bt| ObjectRef::from(&*bt)) }
             });
+            let due = renewals_due(store.clone(), ctx.issuer.clone());
             Controller::for_stream(tokens, store)
                 .reconcile_on(owned_secrets)
                 .reconcile_on(revoked)
+                .reconcile_on(due)
                 .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
                 .trigger_backoff(crate::backoff::watch())
                 // Objects that failed for want of the signing key: at once, not after their back-off.
@@ -1597,6 +1655,57 @@ mod tests {
                 _ => panic!("{name}: got {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_far_renewal_holds_no_timer_and_the_periodic_look_finds_it_in_time() {
+        let horizon = i64::try_from(RENEWAL_HORIZON.as_secs()).unwrap();
+        #[rustfmt::skip]
+        let timers = [
+            ("renewal passed", NOW - 5, Action::requeue(Duration::from_secs(1))),
+            ("renewal now", NOW, Action::requeue(Duration::from_secs(1))),
+            ("renewal in a minute", NOW + 60, Action::requeue(Duration::from_secs(60))),
+            ("renewal at the horizon", NOW + horizon, Action::requeue(RENEWAL_HORIZON)),
+            ("renewal past the horizon", NOW + horizon + 1, Action::await_change()),
+            ("renewal in ten years", NOW + 10 * 365 * 86_400, Action::await_change()),
+        ];
+        for (name, renewal, want) in timers {
+            assert_eq!(until_renewal(renewal, NOW), want, "{name}");
+        }
+
+        let with_status = |renewal: Option<i64>, jti: Option<&str>| {
+            let mut bt = bt(|_| {});
+            bt.status = Some(BootstrapTokenStatus {
+                renewal_time: renewal.map(rfc3339),
+                token_id: jti.map(Into::into),
+                ..Default::default()
+            });
+            bt
+        };
+        let revoked = |jti: &str| jti == "revoked-jti";
+        #[rustfmt::skip]
+        let looks = [
+            ("no status yet", bt(|_| {}), false),
+            ("renewal within the horizon", with_status(Some(NOW + horizon), Some("jti")), true),
+            ("renewal passed", with_status(Some(NOW - 60), Some("jti")), true),
+            ("renewal past the horizon", with_status(Some(NOW + horizon + 1), Some("jti")), false),
+            ("far renewal, current token revoked", with_status(Some(NOW + 10 * horizon), Some("revoked-jti")), true),
+            ("no renewal recorded (not Ready)", with_status(None, Some("jti")), false),
+        ];
+        for (name, bt, want) in looks {
+            assert_eq!(due_for_look(&bt, NOW, revoked), want, "{name}");
+        }
+        // A look every half horizon sees each renewal at least half a horizon before it is due.
+        let renewal = NOW + 3 * horizon + 17;
+        let first_look = (NOW..=renewal)
+            .step_by(usize::try_from(horizon / 2).unwrap())
+            .find(|&at| due_for_look(&with_status(Some(renewal), Some("jti")), at, revoked))
+            .expect("a look finds the renewal");
+        assert!(
+            renewal - first_look >= horizon / 2,
+            "found {}s before",
+            renewal - first_look
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! are only the echo of the operator's own writes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
@@ -233,7 +233,9 @@ pub struct SecretCache {
     ready: tokio::sync::watch::Sender<bool>,
 }
 
-type Secrets = HashMap<String, HashMap<String, CachedSecret>>;
+/// Values behind an `Arc`: a table slot is a pointer, not the ~260-byte entry (tables run up to
+/// half empty after they double), and a lookup clones no strings.
+type Secrets = HashMap<String, HashMap<String, Arc<CachedSecret>>>;
 
 impl Default for SecretCache {
     fn default() -> Self {
@@ -253,7 +255,7 @@ impl SecretCache {
         let _ = ready.wait_for(|ready| *ready).await;
     }
 
-    pub(super) fn get(&self, namespace: &str, name: &str) -> Option<CachedSecret> {
+    pub(super) fn get(&self, namespace: &str, name: &str) -> Option<Arc<CachedSecret>> {
         let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
         secrets.get(namespace)?.get(name).cloned()
     }
@@ -314,7 +316,10 @@ impl SecretCache {
                 }
             }
         } else {
-            secrets.entry(namespace).or_default().insert(name, cached);
+            secrets
+                .entry(namespace)
+                .or_default()
+                .insert(name, Arc::new(cached));
         }
         if echo { None } else { owner }
     }
@@ -367,7 +372,7 @@ pub(super) fn recorded(
 /// The Secret an object names, as the owned-Secret cache sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Cached {
-    Found(Box<CachedSecret>),
+    Found(Arc<CachedSecret>),
     /// Not among our Secrets, and the cache has listed them all.
     Absent,
     /// The cache has not listed them yet.
@@ -378,7 +383,7 @@ pub(super) enum Cached {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Lookup {
     /// The cached metadata proves which token the Secret holds: no request.
-    Known(Box<CachedSecret>),
+    Known(Arc<CachedSecret>),
     /// No Secret of ours has that name, and the status puts no token there: a new object.
     Absent,
     /// The cache cannot decide: read the Secret (its data only if it is ours).
@@ -581,7 +586,7 @@ mod tests {
         let issuer = issuer("scope.a");
         let claims = issuer.bootstrap_claims("com.example.svc", 10 * HOUR, NOW - 60);
         let ours = bt(&claims);
-        let found = |metadata: ObjectMeta| Cached::Found(Box::new(cached(metadata)));
+        let found = |metadata: ObjectMeta| Cached::Found(Arc::new(cached(metadata)));
         let good = applied(&ours, &issuer, &claims, MANAGER);
         let edit = |f: &dyn Fn(&mut ObjectMeta)| {
             let mut metadata = good.clone();
@@ -800,7 +805,11 @@ mod tests {
         let cache = SecretCache::default();
         let writes = OwnWrites::default();
         let owner = Some(ObjectRef::new("svc").within("ns"));
-        let got = |cache: &SecretCache| cache.get("ns", "s").and_then(|s| s.resource_version);
+        let got = |cache: &SecretCache| {
+            cache
+                .get("ns", "s")
+                .and_then(|s| s.resource_version.clone())
+        };
         assert_eq!(cache.apply(watcher::Event::Init, &writes), None);
         assert_eq!(
             cache.apply(watcher::Event::InitApply(watched("1", "a")), &writes),

@@ -14,7 +14,7 @@ use super::mirror::{self, Mirror, SWEEP_BATCH};
 use super::{IssuedGrant, Revocation, RevocationConfig, RevokedToken, parse_time, record_name};
 
 /// Revocations a slow listener may fall behind by; it misses older ones (the controller's
-/// periodic requeue still catches those).
+/// periodic look at every BootstrapToken still catches those).
 const CHANGES: usize = 1024;
 
 /// How long a grant waits for its record to be written: the client is told to try again rather
