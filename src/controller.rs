@@ -1339,8 +1339,8 @@ pub async fn run(
         .map(|(tokens, secrets)| {
             // managedFields, labels, ownerReferences and kubectl's last-applied copy of the whole
             // object are most of an object's size and are never read here: they are dropped
-            // before the cache, and so is the resourceVersion, which the store, the predicate and
-            // the scheduler would otherwise each copy into their keys. (Other annotations stay: a
+            // before the cache, and so is the resourceVersion, which the store and the scheduler
+            // would otherwise each copy into their keys. (Other annotations stay: a
             // change of any of them triggers a reconcile.)
             let (store, writer) = reflector::store();
             stores.push(store.clone());
