@@ -126,6 +126,9 @@ impl Config {
         if bootstrap.min_lifetime < Duration::from_secs(1) {
             return Err("bootstrap.minLifetime: must be at least 1s".into());
         }
+        if bootstrap.renewal_horizon < Duration::from_secs(1) {
+            return Err("bootstrap.renewalHorizon: must be at least 1s".into());
+        }
         if bootstrap.lifetime < bootstrap.min_lifetime {
             return Err(format!(
                 "bootstrap.lifetime: {} is shorter than bootstrap.minLifetime {}",
@@ -325,6 +328,10 @@ signing:
             ),
             ("bootstrap:\n  lifetime: 100000000h\n", "bootstrap.lifetime"),
             ("bootstrap:\n  minLifetime: 0s\n", "bootstrap.minLifetime"),
+            (
+                "bootstrap:\n  renewalHorizon: 0s\n",
+                "bootstrap.renewalHorizon",
+            ),
             ("policy:\n  - serviceIds: [\"\"]\n", "policy[0].serviceIds"),
             ("signing:\n  kms: {region: r}\n", "keyId"),
             (

@@ -45,10 +45,6 @@ pub const CONTROLLER: &str = "bootstraptoken";
 
 /// kubectl's client-side apply copy of the whole object, not needed by the controller.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-/// A renewal further off than this holds no timer: [`renewals_due`] looks every half of it for
-/// the objects whose renewal (or a missed revocation) falls within it. A timer per object costs a
-/// few hundred bytes in kube-runtime's scheduler, kept for years by a ten-year token.
-const RENEWAL_HORIZON: Duration = Duration::from_secs(3600);
 /// Reconciles in flight at once. Unbounded, a burst of thousands of objects meets the API
 /// server's in-flight limit (429s and back-off) and inflates memory.
 const MAX_CONCURRENT_RECONCILES: u16 = 16;
@@ -618,29 +614,35 @@ fn renewal_time(exp: i64, renew_before: Duration) -> i64 {
     exp.saturating_sub(i64::try_from(renew_before.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// After a Ready reconcile: a timer for a renewal within [`RENEWAL_HORIZON`], else none
-/// ([`renewals_due`] brings the object back in time).
-fn until_renewal(renewal: i64, now: i64) -> Action {
+/// After a Ready reconcile: a timer for a renewal within `horizon` (`bootstrap.renewalHorizon`),
+/// else none: [`renewals_due`] brings the object back in time. A timer per object costs a few
+/// hundred bytes in kube-runtime's scheduler, kept for years by a ten-year token.
+fn until_renewal(renewal: i64, now: i64, horizon: Duration) -> Action {
     let wait = Duration::from_secs(
         u64::try_from(renewal.saturating_sub(now))
             .unwrap_or(0)
             .max(1),
     );
-    if wait <= RENEWAL_HORIZON {
+    if wait <= horizon {
         Action::requeue(wait)
     } else {
         Action::await_change()
     }
 }
 
-/// Whether the periodic look at `now` reconciles `bt`: its renewal falls within
-/// [`RENEWAL_HORIZON`], or its current token was revoked without the revocation reaching the
-/// controller (a listener that fell behind misses some).
-fn due_for_look(bt: &BootstrapToken, now: i64, revoked: impl Fn(&str) -> bool) -> bool {
+/// Whether the periodic look at `now` reconciles `bt`: its renewal falls within `horizon`, or
+/// its current token was revoked without the revocation reaching the controller (a listener that
+/// fell behind misses some).
+fn due_for_look(
+    bt: &BootstrapToken,
+    now: i64,
+    horizon: Duration,
+    revoked: impl Fn(&str) -> bool,
+) -> bool {
     let Some(status) = bt.status.as_ref() else {
         return false;
     };
-    let horizon = i64::try_from(RENEWAL_HORIZON.as_secs()).unwrap_or(i64::MAX);
+    let horizon = i64::try_from(horizon.as_secs()).unwrap_or(i64::MAX);
     let renewal_near = status
         .renewal_time
         .as_deref()
@@ -649,13 +651,14 @@ fn due_for_look(bt: &BootstrapToken, now: i64, revoked: impl Fn(&str) -> bool) -
     renewal_near || status.token_id.as_deref().is_some_and(revoked)
 }
 
-/// Every half [`RENEWAL_HORIZON`], the objects in `store` [`due_for_look`] picks. Scanning every
-/// half horizon for a horizon ahead, no renewal is passed before its object is back on a timer.
+/// Every half `bootstrap.renewalHorizon`, the objects in `store` [`due_for_look`] picks. Looking
+/// a horizon ahead every half horizon, no renewal is passed before its object is on a timer.
 fn renewals_due(
     store: Store<BootstrapToken>,
     issuer: Arc<Issuer>,
 ) -> impl futures::Stream<Item = ObjectRef<BootstrapToken>> + Send + 'static {
-    let mut ticks = tokio::time::interval(RENEWAL_HORIZON / 2);
+    let horizon = issuer.bootstrap().renewal_horizon;
+    let mut ticks = tokio::time::interval(horizon / 2);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     futures::stream::unfold(ticks, |mut ticks| async move {
         ticks.tick().await;
@@ -667,7 +670,7 @@ fn renewals_due(
         let due: Vec<_> = store
             .state()
             .iter()
-            .filter(|bt| due_for_look(bt, now, |jti| revocations.is_revoked(jti, now)))
+            .filter(|bt| due_for_look(bt, now, horizon, |jti| revocations.is_revoked(jti, now)))
             .map(|bt| ObjectRef::from(&**bt))
             .collect();
         futures::stream::iter(due)
@@ -943,7 +946,7 @@ async fn carry_out(
             kid,
             renewal,
         },
-        until_renewal(renewal, now),
+        until_renewal(renewal, now, ctx.issuer.bootstrap().renewal_horizon),
     )))
 }
 
@@ -1659,18 +1662,19 @@ mod tests {
 
     #[test]
     fn a_far_renewal_holds_no_timer_and_the_periodic_look_finds_it_in_time() {
-        let horizon = i64::try_from(RENEWAL_HORIZON.as_secs()).unwrap();
+        const HORIZON: Duration = HOUR;
+        let horizon = i64::try_from(HORIZON.as_secs()).unwrap();
         #[rustfmt::skip]
         let timers = [
             ("renewal passed", NOW - 5, Action::requeue(Duration::from_secs(1))),
             ("renewal now", NOW, Action::requeue(Duration::from_secs(1))),
             ("renewal in a minute", NOW + 60, Action::requeue(Duration::from_secs(60))),
-            ("renewal at the horizon", NOW + horizon, Action::requeue(RENEWAL_HORIZON)),
+            ("renewal at the horizon", NOW + horizon, Action::requeue(HORIZON)),
             ("renewal past the horizon", NOW + horizon + 1, Action::await_change()),
             ("renewal in ten years", NOW + 10 * 365 * 86_400, Action::await_change()),
         ];
         for (name, renewal, want) in timers {
-            assert_eq!(until_renewal(renewal, NOW), want, "{name}");
+            assert_eq!(until_renewal(renewal, NOW, HORIZON), want, "{name}");
         }
 
         let with_status = |renewal: Option<i64>, jti: Option<&str>| {
@@ -1693,13 +1697,20 @@ mod tests {
             ("no renewal recorded (not Ready)", with_status(None, Some("jti")), false),
         ];
         for (name, bt, want) in looks {
-            assert_eq!(due_for_look(&bt, NOW, revoked), want, "{name}");
+            assert_eq!(due_for_look(&bt, NOW, HORIZON, revoked), want, "{name}");
         }
         // A look every half horizon sees each renewal at least half a horizon before it is due.
         let renewal = NOW + 3 * horizon + 17;
         let first_look = (NOW..=renewal)
             .step_by(usize::try_from(horizon / 2).unwrap())
-            .find(|&at| due_for_look(&with_status(Some(renewal), Some("jti")), at, revoked))
+            .find(|&at| {
+                due_for_look(
+                    &with_status(Some(renewal), Some("jti")),
+                    at,
+                    HORIZON,
+                    revoked,
+                )
+            })
             .expect("a look finds the renewal");
         assert!(
             renewal - first_look >= horizon / 2,

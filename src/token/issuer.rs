@@ -50,6 +50,10 @@ pub struct BootstrapConfig {
     /// The shortest time between two issuances for one object, whatever asks for them.
     #[serde(default = "default_min_reissue_interval", with = "duration::serde_go")]
     pub min_reissue_interval: Duration,
+    /// A renewal further off than this holds no timer; a look over the cached objects every half
+    /// of it finds the renewal in time. Shorter: more timers held, more looks.
+    #[serde(default = "default_renewal_horizon", with = "duration::serde_go")]
+    pub renewal_horizon: Duration,
 }
 
 /// The longest lifetime accepted anywhere: a hundred years keeps every `exp` far from overflow.
@@ -71,6 +75,10 @@ fn default_min_reissue_interval() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_renewal_horizon() -> Duration {
+    Duration::from_secs(3600)
+}
+
 impl Default for BootstrapConfig {
     fn default() -> Self {
         BootstrapConfig {
@@ -80,6 +88,7 @@ impl Default for BootstrapConfig {
             renew_before: None,
             min_lifetime: default_min_lifetime(),
             min_reissue_interval: default_min_reissue_interval(),
+            renewal_horizon: default_renewal_horizon(),
         }
     }
 }

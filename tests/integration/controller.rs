@@ -448,6 +448,49 @@ policy:
 }
 
 #[tokio::test]
+async fn a_renewal_past_the_horizon_holds_no_timer_and_still_comes_in_time() {
+    let ns = TestEnv::global().namespace("horizon").await;
+    // Renewal 8 s after issuance, the horizon 2 s: the reconcile sets no timer, and the look
+    // every second over the cache must bring the object back before its renewal.
+    let config =
+        format!("{CONFIG}  minLifetime: 1s\n  minReissueInterval: 0s\n  renewalHorizon: 2s\n");
+    let operator = Operator::start(&ns, &config).await;
+    apply_bt(
+        &ns,
+        bt_manifest(
+            "far",
+            json!({"serviceId": "svc-far", "lifetime": "12s", "renewBefore": "4s"}),
+        ),
+    )
+    .await;
+    let first = wait_ready(&ns, "far").await.status.unwrap();
+    let first_claims = payload(&token_of(
+        &secret(&ns, "far-bootstrap-token").await.unwrap(),
+    ));
+    let renewal =
+        bootstrap_token_operator::revocation::parse_time(first.renewal_time.as_deref().unwrap())
+            .unwrap();
+    assert_eq!(renewal, first_claims["iat"].as_i64().unwrap() + 8);
+
+    let renewed = eventually("the token renewed", || async {
+        let token = token_of(&secret(&ns, "far-bootstrap-token").await?);
+        let claims = payload(&token);
+        (claims["jti"] != first_claims["jti"]).then_some(claims)
+    })
+    .await;
+    let iat = renewed["iat"].as_i64().unwrap();
+    assert!(
+        iat >= renewal,
+        "renewed at {iat}, not before the renewal time {renewal}"
+    );
+    assert!(
+        iat < first_claims["exp"].as_i64().unwrap(),
+        "renewed at {iat}, before the old token expired"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test]
 async fn renews_before_expiry_and_on_request() {
     let ns = TestEnv::global().namespace("renew").await;
     // Seconds-long tokens, re-issued at once: only a configuration may allow that.
