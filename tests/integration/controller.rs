@@ -472,11 +472,11 @@ async fn a_renewal_past_the_horizon_holds_no_timer_and_still_comes_in_time() {
             .unwrap();
     assert_eq!(renewal, first_claims["iat"].as_i64().unwrap() + 8);
 
-    let renewed = eventually("the token renewed", || async {
-        let token = token_of(&secret(&ns, "far-bootstrap-token").await?);
-        let claims = payload(&token);
-        (claims["jti"] != first_claims["jti"]).then_some(claims)
-    })
+    let renewed = token_replaced(
+        &ns,
+        "far-bootstrap-token",
+        first_claims["jti"].as_str().unwrap(),
+    )
     .await;
     let iat = renewed["iat"].as_i64().unwrap();
     assert!(
@@ -512,11 +512,11 @@ async fn renews_before_expiry_and_on_request() {
         6
     );
 
-    let renewed = eventually("a renewed token", || async {
-        let token = token_of(&secret(&ns, "short-bootstrap-token").await?);
-        let claims = payload(&token);
-        (claims["jti"] != first_claims["jti"]).then_some(claims)
-    })
+    let renewed = token_replaced(
+        &ns,
+        "short-bootstrap-token",
+        first_claims["jti"].as_str().unwrap(),
+    )
     .await;
     assert!(
         renewed["iat"].as_i64().unwrap() < first_claims["exp"].as_i64().unwrap(),
@@ -535,12 +535,10 @@ async fn renews_before_expiry_and_on_request() {
     let mut manifest = bt_manifest("long", json!({"serviceId": "svc-long"}));
     manifest["metadata"]["annotations"] = json!({annotations::REISSUE: "2026-11-23"});
     apply_bt(&ns, manifest).await;
-    let after = eventually("a re-issued token", || async {
-        let token = token_of(&secret(&ns, "long-bootstrap-token").await?);
-        let jti = payload(&token)["jti"].as_str()?.to_string();
-        (jti != before).then_some(jti)
-    })
-    .await;
+    let after = token_replaced(&ns, "long-bootstrap-token", &before).await["jti"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Re-issued once, not on every reconcile.
     let api: Api<BootstrapToken> = Api::namespaced(admin().await, &ns);
     let settled = eventually("status shows the re-issued token", || async {

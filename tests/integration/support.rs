@@ -279,6 +279,22 @@ pub fn token_of(secret: &Secret) -> String {
     String::from_utf8(bytes.clone()).expect("token is UTF-8")
 }
 
+/// The claims of the token in Secret `namespace/name` once it is another than the token `jti`.
+pub async fn token_replaced(
+    namespace: &str,
+    name: &str,
+    jti: &str,
+) -> serde_json::Map<String, Value> {
+    eventually(&format!("a token other than {jti} in {name}"), || async {
+        let claims = payload(&token_of(&secret(namespace, name).await?));
+        claims["jti"]
+            .as_str()
+            .is_some_and(|current| current != jti)
+            .then_some(claims)
+    })
+    .await
+}
+
 /// The decoded JSON payload of a compact JWT, keys in their original order.
 pub fn payload(token: &str) -> serde_json::Map<String, Value> {
     use base64::Engine;
