@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use kube::ResourceExt;
 use kube::runtime::watcher;
 
 use crate::resource::BootstrapToken;
@@ -60,14 +59,17 @@ impl Changes {
 /// The object's identity (a recreated object is another) and what a change is compared on.
 fn hashes(bt: &BootstrapToken) -> (u64, u64) {
     let mut object = DefaultHasher::new();
-    (bt.namespace(), bt.name_any(), bt.uid()).hash(&mut object);
+    let metadata = &bt.metadata;
+    (&metadata.namespace, &metadata.name, &metadata.uid).hash(&mut object);
     let mut compared = DefaultHasher::new();
-    (bt.metadata.generation, &bt.metadata.annotations).hash(&mut compared);
+    (metadata.generation, &metadata.annotations).hash(&mut compared);
     (object.finish(), compared.finish())
 }
 
 #[cfg(test)]
 mod tests {
+    use kube::ResourceExt;
+
     use super::*;
     use crate::resource::{BootstrapTokenSpec, BootstrapTokenStatus};
 
