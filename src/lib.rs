@@ -3,6 +3,12 @@
 
 #![forbid(unsafe_code)]
 
+/// jemalloc, in the binary and in everything that links this crate (tests, benches): it keeps
+/// less per cached object than glibc's malloc (2.58 against 2.81 KiB per BootstrapToken in the
+/// operator benchmark) and far less than the static musl image's own allocator would.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod admin;
 pub mod app;
 pub mod backoff;
