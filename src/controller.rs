@@ -19,9 +19,11 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+mod cached;
 mod changes;
 mod record;
 
+pub use cached::CachedToken;
 use changes::Changes;
 use record::{Cached, CachedSecret, Lookup, OwnWrites, SecretCache};
 
@@ -29,8 +31,8 @@ use crate::backoff::Backoff;
 use crate::duration;
 use crate::events::EventPublisher;
 use crate::resource::{
-    BootstrapToken, BootstrapTokenStatus, FINALIZER, MANAGED_BY_LABEL, MANAGER, TOKEN_KEY,
-    annotations,
+    BootstrapToken, BootstrapTokenSpec, BootstrapTokenStatus, FINALIZER, MANAGED_BY_LABEL, MANAGER,
+    TOKEN_KEY, annotations,
 };
 use crate::revocation::{self, Previous, RevocationError, RevocationReason};
 use crate::telemetry::{ControllerMetrics, ReasonLabels};
@@ -98,6 +100,23 @@ pub enum Reason {
 }
 
 impl Reason {
+    const ALL: [Reason; 9] = [
+        Reason::Issued,
+        Reason::WorkloadIdentityOnly,
+        Reason::InvalidSpec,
+        Reason::SecretConflict,
+        Reason::Forbidden,
+        Reason::KeyUnavailable,
+        Reason::SigningUnavailable,
+        Reason::Revoked,
+        Reason::ApiError,
+    ];
+
+    /// A reason this controller writes; a status with another is cached whole.
+    fn parse(reason: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == reason)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Issued => "Issued",
@@ -118,10 +137,10 @@ pub struct Context {
     pub issuer: Arc<Issuer>,
     pub recorder: EventPublisher,
     pub metrics: Arc<ControllerMetrics>,
-    failures: Backoff<ObjectRef<BootstrapToken>>,
+    failures: Backoff<ObjectRef<CachedToken>>,
     /// The caches of the running controllers (one per watched namespace, or one for all), to
     /// see which namespace holds a service id.
-    tokens: std::sync::RwLock<Vec<Store<BootstrapToken>>>,
+    tokens: std::sync::RwLock<Vec<Store<CachedToken>>>,
     /// The metadata of the Secrets the operator manages, from the same controllers' watches.
     owned_secrets: std::sync::RwLock<Vec<Arc<SecretCache>>>,
     own_writes: OwnWrites,
@@ -184,8 +203,8 @@ impl Context {
         for store in &stores {
             store.wait_until_ready().await.ok()?;
             for bt in store.state() {
-                if let Some(kid) = bt.status.as_ref().and_then(|s| s.key_id.clone()) {
-                    *counts.entry(kid).or_default() += 1;
+                if let Some(kid) = bt.key_id() {
+                    *counts.entry(kid.to_string()).or_default() += 1;
                 }
             }
         }
@@ -232,7 +251,7 @@ impl Context {
         let stores = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         stores.iter().find_map(|store| {
             store
-                .find(|other| holds_before(other, bt))
+                .find(|other| holds_before(other.meta(), &other.spec, bt))
                 .and_then(|holder| holder.namespace())
         })
     }
@@ -241,12 +260,22 @@ impl Context {
 /// Whether `other`, in another namespace, holds `bt`'s service id before it: the earliest
 /// BootstrapToken with that id (by creation time, then namespace) keeps it. The token endpoint
 /// applies the same rule to workload identities.
-pub fn holds_before(other: &BootstrapToken, bt: &BootstrapToken) -> bool {
-    let key = |b: &BootstrapToken| (b.creation_timestamp(), b.namespace(), b.name_any());
-    other.spec.service_id == bt.spec.service_id
-        && other.namespace() != bt.namespace()
-        && other.metadata.deletion_timestamp.is_none()
-        && key(other) < key(bt)
+pub fn holds_before(
+    other: &ObjectMeta,
+    other_spec: &BootstrapTokenSpec,
+    bt: &BootstrapToken,
+) -> bool {
+    fn key(m: &ObjectMeta) -> (Option<&Time>, Option<&String>, Option<&String>) {
+        (
+            m.creation_timestamp.as_ref(),
+            m.namespace.as_ref(),
+            m.name.as_ref(),
+        )
+    }
+    other_spec.service_id == bt.spec.service_id
+        && other.namespace != bt.metadata.namespace
+        && other.deletion_timestamp.is_none()
+        && key(other) < key(&bt.metadata)
 }
 
 /// An input of the token that, when it no longer matches the token in the Secret, forces a new one.
@@ -634,29 +663,24 @@ fn until_renewal(renewal: i64, now: i64, horizon: Duration) -> Action {
 /// its current token was revoked without the revocation reaching the controller (a listener that
 /// fell behind misses some).
 fn due_for_look(
-    bt: &BootstrapToken,
+    bt: &CachedToken,
     now: i64,
     horizon: Duration,
     revoked: impl Fn(&str) -> bool,
 ) -> bool {
-    let Some(status) = bt.status.as_ref() else {
-        return false;
-    };
     let horizon = i64::try_from(horizon.as_secs()).unwrap_or(i64::MAX);
-    let renewal_near = status
-        .renewal_time
-        .as_deref()
-        .and_then(crate::revocation::parse_time)
+    let renewal_near = bt
+        .renewal_time()
         .is_some_and(|renewal| renewal <= now.saturating_add(horizon));
-    renewal_near || status.token_id.as_deref().is_some_and(revoked)
+    renewal_near || bt.token_id().is_some_and(|jti| revoked(&jti))
 }
 
 /// Every half `bootstrap.renewalHorizon`, the objects in `store` [`due_for_look`] picks. Looking
 /// a horizon ahead every half horizon, no renewal is passed before its object is on a timer.
 fn renewals_due(
-    store: Store<BootstrapToken>,
+    store: Store<CachedToken>,
     issuer: Arc<Issuer>,
-) -> impl futures::Stream<Item = ObjectRef<BootstrapToken>> + Send + 'static {
+) -> impl futures::Stream<Item = ObjectRef<CachedToken>> + Send + 'static {
     let horizon = issuer.bootstrap().renewal_horizon;
     let mut ticks = tokio::time::interval(horizon / 2);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -694,10 +718,13 @@ enum Outcome {
     Unchanged,
 }
 
-#[tracing::instrument(skip_all, fields(namespace = bt.metadata.namespace.as_deref(), name = bt.metadata.name.as_deref()))]
-pub async fn reconcile(bt: Arc<BootstrapToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[tracing::instrument(skip_all, fields(namespace = cached.meta().namespace.as_deref(), name = cached.meta().name.as_deref()))]
+pub async fn reconcile(cached: Arc<CachedToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = reconcile_inner(&bt, &ctx).await;
+    let result = reconcile_inner(&cached.expand(), &ctx).await;
+    if result.is_ok() {
+        ctx.failures.reset(&ObjectRef::from(&*cached));
+    }
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -705,11 +732,10 @@ pub async fn reconcile(bt: Arc<BootstrapToken>, ctx: Arc<Context>) -> Result<Act
     result
 }
 
-async fn reconcile_inner(bt: &Arc<BootstrapToken>, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(bt: &BootstrapToken, ctx: &Context) -> Result<Action, Error> {
     match issue(bt, ctx).await {
         Ok((outcome, action)) => {
             write_status(bt, ctx, &outcome).await?;
-            ctx.failures.reset(&ObjectRef::from(&**bt));
             Ok(action)
         }
         Err(error) => {
@@ -727,7 +753,7 @@ async fn reconcile_inner(bt: &Arc<BootstrapToken>, ctx: &Context) -> Result<Acti
 }
 
 /// Exponential back-off per object: 5 s, 10 s, … capped at 5 minutes.
-pub fn error_policy(bt: Arc<BootstrapToken>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(bt: Arc<CachedToken>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.failures.failed(ObjectRef::from(&*bt));
     tracing::warn!(%error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
@@ -1179,6 +1205,11 @@ fn applied_keys(metadata: &ObjectMeta, field: &str) -> Vec<String> {
         .collect()
 }
 
+/// The Ready message of an issued token.
+fn issued_message(jti: &str, service_id: &str, exp: i64) -> String {
+    format!("token {jti} for {service_id} expires {}", rfc3339(exp))
+}
+
 fn rfc3339(seconds: i64) -> String {
     Timestamp::from_second(seconds)
         .map(|t| t.to_string())
@@ -1197,12 +1228,7 @@ async fn write_status(bt: &BootstrapToken, ctx: &Context, outcome: &Outcome) -> 
         } => (
             "True",
             Reason::Issued.as_str(),
-            format!(
-                "token {} for {} expires {}",
-                claims.jti,
-                bt.spec.service_id,
-                rfc3339(claims.exp)
-            ),
+            issued_message(&claims.jti, &bt.spec.service_id, claims.exp),
             BootstrapTokenStatus {
                 secret_name: Some(bt.secret_name()),
                 key_id: Some(kid.clone()),
@@ -1321,8 +1347,7 @@ pub async fn run(
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     // Only the Secrets' metadata is watched: the ownerReference is all a trigger needs, and the
     // token bytes need not travel on every watch event.
-    let apis: Vec<(Api<BootstrapToken>, Api<PartialObjectMeta<Secret>>)> = if namespaces.is_empty()
-    {
+    let apis: Vec<(Api<CachedToken>, Api<PartialObjectMeta<Secret>>)> = if namespaces.is_empty() {
         vec![(Api::all(ctx.client.clone()), Api::all(ctx.client.clone()))]
     } else {
         namespaces
@@ -1340,28 +1365,12 @@ pub async fn run(
     let controllers: Vec<_> = apis
         .into_iter()
         .map(|(tokens, secrets)| {
-            // managedFields, labels, ownerReferences and kubectl's last-applied copy of the whole
-            // object are most of an object's size and are never read here: they are dropped
-            // before the cache, and so is the resourceVersion, which the store and the scheduler
-            // would otherwise each copy into their keys. (Other annotations stay: a
-            // change of any of them triggers a reconcile.)
+            // Objects arrive as [`CachedToken`]s: what is never read is dropped before the cache.
             let (store, writer) = reflector::store();
             stores.push(store.clone());
             let tokens = watcher(tokens, watcher::Config::default())
                 .backoff(crate::backoff::watch())
-                .modify(|bt: &mut BootstrapToken| {
-                    let metadata = &mut bt.metadata;
-                    metadata.managed_fields = None;
-                    metadata.labels = None;
-                    metadata.owner_references = None;
-                    metadata.resource_version = None;
-                    if let Some(notes) = metadata.annotations.as_mut() {
-                        notes.remove(LAST_APPLIED);
-                        if notes.is_empty() {
-                            metadata.annotations = None;
-                        }
-                    }
-                })
+                .modify(CachedToken::forget_resource_version)
                 .reflect(writer)
                 .filter_map({
                     let mut changes = Changes::default();
@@ -1392,9 +1401,7 @@ pub async fn run(
             // A revoked current token (at the endpoint, say) is replaced at once.
             let lookup = store.clone();
             let revoked = ctx.issuer.revocations().revoked().filter_map(move |jti| {
-                let found = lookup.find(|bt| {
-                    bt.status.as_ref().and_then(|s| s.token_id.as_deref()) == Some(jti.as_str())
-                });
+                let found = lookup.find(|bt| bt.holds_token(&jti));
                 async move { found.map(|bt| ObjectRef::from(&*bt)) }
             });
             let due = renewals_due(store.clone(), ctx.issuer.clone());
@@ -1677,6 +1684,9 @@ mod tests {
             assert_eq!(until_renewal(renewal, NOW, HORIZON), want, "{name}");
         }
 
+        // Token ids as the issuer makes them are cached as bytes; any other status is kept whole.
+        const JTI: &str = "TV8rwl9jC0EU1kfQez0WGg";
+        const REVOKED: &str = "AAECAwQFBgcICQoLDA0ODw";
         let with_status = |renewal: Option<i64>, jti: Option<&str>| {
             let mut bt = bt(|_| {});
             bt.status = Some(BootstrapTokenStatus {
@@ -1684,17 +1694,19 @@ mod tests {
                 token_id: jti.map(Into::into),
                 ..Default::default()
             });
-            bt
+            CachedToken::from(bt)
         };
-        let revoked = |jti: &str| jti == "revoked-jti";
+        let revoked = |jti: &str| jti == REVOKED || jti == "revoked-jti";
         #[rustfmt::skip]
         let looks = [
-            ("no status yet", bt(|_| {}), false),
-            ("renewal within the horizon", with_status(Some(NOW + horizon), Some("jti")), true),
-            ("renewal passed", with_status(Some(NOW - 60), Some("jti")), true),
-            ("renewal past the horizon", with_status(Some(NOW + horizon + 1), Some("jti")), false),
-            ("far renewal, current token revoked", with_status(Some(NOW + 10 * horizon), Some("revoked-jti")), true),
-            ("no renewal recorded (not Ready)", with_status(None, Some("jti")), false),
+            ("no status yet", CachedToken::from(bt(|_| {})), false),
+            ("renewal within the horizon", with_status(Some(NOW + horizon), Some(JTI)), true),
+            ("renewal passed", with_status(Some(NOW - 60), Some(JTI)), true),
+            ("renewal past the horizon", with_status(Some(NOW + horizon + 1), Some(JTI)), false),
+            ("far renewal, current token revoked", with_status(Some(NOW + 10 * horizon), Some(REVOKED)), true),
+            ("far renewal, a foreign token id revoked", with_status(Some(NOW + 10 * horizon), Some("revoked-jti")), true),
+            ("renewal passed, a foreign token id", with_status(Some(NOW - 60), Some("jti")), true),
+            ("no renewal recorded (not Ready)", with_status(None, Some(JTI)), false),
         ];
         for (name, bt, want) in looks {
             assert_eq!(due_for_look(&bt, NOW, HORIZON, revoked), want, "{name}");
@@ -1703,14 +1715,7 @@ mod tests {
         let renewal = NOW + 3 * horizon + 17;
         let first_look = (NOW..=renewal)
             .step_by(usize::try_from(horizon / 2).unwrap())
-            .find(|&at| {
-                due_for_look(
-                    &with_status(Some(renewal), Some("jti")),
-                    at,
-                    HORIZON,
-                    revoked,
-                )
-            })
+            .find(|&at| due_for_look(&with_status(Some(renewal), Some(JTI)), at, HORIZON, revoked))
             .expect("a look finds the renewal");
         assert!(
             renewal - first_look >= horizon / 2,

@@ -22,7 +22,8 @@ use serde_json::json;
 use crate::resource::{BootstrapToken, FINALIZER, MANAGER, TOKEN_KEY, annotations};
 use crate::token::{Claims, Issuer, KeySet, TOKEN_VERSION};
 
-use super::{Reason, applied_keys};
+use super::cached::Uid;
+use super::{CachedToken, Reason, applied_keys};
 
 /// A resourceVersion no object can have (etcd revisions are signed 64-bit): as the precondition
 /// of a server-side apply it lets the apply create the Secret and fails it with 409 Conflict when
@@ -142,33 +143,41 @@ fn desired_digest(desired: &ObjectMeta) -> Digest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedSecret {
     /// The BootstrapToken controlling it: name and uid.
-    owner: Option<(String, String)>,
-    resource_version: Option<String>,
-    /// The values of [`NOTES`].
-    notes: [Option<String>; NOTES.len()],
+    owner: Option<(Box<str>, Uid)>,
+    /// The values of [`NOTES`], then the resourceVersion.
+    texts: Texts<{ NOTES.len() + 1 }>,
     owns_token: bool,
     applied: Digest,
 }
+
+/// Where [`CachedSecret`] keeps the resourceVersion among its texts.
+const RESOURCE_VERSION: usize = NOTES.len();
 
 impl CachedSecret {
     pub(super) fn new(metadata: &mut ObjectMeta) -> Self {
         let owns_token = owns_token(metadata);
         let applied = applied_digest(metadata);
-        let mut annotations = metadata.annotations.take().unwrap_or_default();
-        let notes = NOTES.map(|key| annotations.remove(key));
+        let annotations = metadata.annotations.take().unwrap_or_default();
+        let mut texts = NOTES
+            .map(|key| annotations.get(key).map(String::as_str))
+            .to_vec();
+        texts.push(metadata.resource_version.as_deref());
         let owner = metadata
             .owner_references
             .iter()
             .flatten()
             .find(|owner| owner.controller == Some(true) && owner.kind == BootstrapToken::kind(&()))
-            .map(|owner| (owner.name.clone(), owner.uid.clone()));
+            .map(|owner| (owner.name.as_str().into(), Uid::new(&owner.uid)));
         CachedSecret {
             owner,
-            resource_version: metadata.resource_version.take(),
-            notes,
+            texts: Texts::new(&texts),
             owns_token,
             applied,
         }
+    }
+
+    fn resource_version(&self) -> Option<&str> {
+        self.texts.get(RESOURCE_VERSION)
     }
 
     /// The Secret `namespace/name`'s metadata as far as decisions read it: its controller, the
@@ -177,8 +186,8 @@ impl CachedSecret {
     pub(super) fn secret(&self, namespace: &str, name: &str) -> Secret {
         let annotations = NOTES
             .iter()
-            .zip(&self.notes)
-            .filter_map(|(key, value)| Some((key.to_string(), value.clone()?)))
+            .enumerate()
+            .filter_map(|(i, key)| Some((key.to_string(), self.texts.get(i)?.to_string())))
             .collect();
         let managed_fields = self.owns_token.then(|| {
             vec![ManagedFieldsEntry {
@@ -192,8 +201,8 @@ impl CachedSecret {
             vec![OwnerReference {
                 api_version: BootstrapToken::api_version(&()).into(),
                 kind: BootstrapToken::kind(&()).into(),
-                name: owner.clone(),
-                uid: uid.clone(),
+                name: owner.to_string(),
+                uid: uid.to_string(),
                 controller: Some(true),
                 ..Default::default()
             }]
@@ -205,7 +214,7 @@ impl CachedSecret {
                 annotations: Some(annotations),
                 managed_fields,
                 owner_references,
-                resource_version: self.resource_version.clone(),
+                resource_version: self.resource_version().map(Into::into),
                 ..Default::default()
             },
             ..Default::default()
@@ -217,9 +226,51 @@ impl CachedSecret {
         self.applied == desired_digest(desired)
     }
 
-    fn note(&self, key: &str) -> Option<&String> {
-        let index = NOTES.iter().position(|k| *k == key)?;
-        self.notes[index].as_ref()
+    fn note(&self, key: &str) -> Option<&str> {
+        self.texts.get(NOTES.iter().position(|k| *k == key)?)
+    }
+}
+
+/// `N` strings, each maybe absent, in one allocation: a cached Secret's annotations would be
+/// one allocation each, every one rounded up to the allocator's next size.
+#[derive(Debug, Clone, PartialEq)]
+struct Texts<const N: usize> {
+    text: Box<str>,
+    /// Where each ends in `text`; [`Texts::ABSENT`] for one that is not there.
+    ends: [u32; N],
+}
+
+impl<const N: usize> Texts<N> {
+    const ABSENT: u32 = u32::MAX;
+
+    fn new(texts: &[Option<&str>]) -> Self {
+        let mut text = String::new();
+        let mut ends = [Self::ABSENT; N];
+        for (end, value) in ends.iter_mut().zip(texts) {
+            let Some(value) = value else { continue };
+            // The API server keeps an object's annotations to 256 KiB, far below this.
+            let Ok(after) = u32::try_from(text.len() + value.len()) else {
+                break;
+            };
+            text.push_str(value);
+            *end = after;
+        }
+        Texts {
+            text: text.into(),
+            ends,
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<&str> {
+        let end = *self.ends.get(index).filter(|end| **end != Self::ABSENT)?;
+        let start = self.ends[..index]
+            .iter()
+            .rev()
+            .find(|end| **end != Self::ABSENT)
+            .copied()
+            .unwrap_or(0);
+        self.text
+            .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
     }
 }
 
@@ -267,7 +318,7 @@ impl SecretCache {
         &self,
         event: watcher::Event<PartialObjectMeta<Secret>>,
         own_writes: &OwnWrites,
-    ) -> Option<ObjectRef<BootstrapToken>> {
+    ) -> Option<ObjectRef<CachedToken>> {
         let (secret, listed, deleted) = match event {
             watcher::Event::Init => {
                 *self.listing.lock().unwrap_or_else(|e| e.into_inner()) = Some(Secrets::new());
@@ -476,14 +527,14 @@ impl OwnWrites {
             None | Some(Written::Echoed) => false,
             Some(pending @ Written::Pending(_)) => {
                 let seen = secret.note(annotations::TOKEN_ID);
-                let echo = matches!(pending, Written::Pending(token_id) if seen == Some(token_id));
+                let echo = matches!(pending, Written::Pending(token_id) if seen == Some(token_id.as_str()));
                 if echo {
                     *pending = Written::Echoed;
                 }
                 echo
             }
             Some(Written::At(version)) => {
-                let echo = secret.resource_version.as_ref() == Some(version);
+                let echo = secret.resource_version() == Some(version.as_str());
                 writes.remove(&key);
                 echo
             }
@@ -579,6 +630,24 @@ mod tests {
 
     fn cached(mut metadata: ObjectMeta) -> CachedSecret {
         CachedSecret::new(&mut metadata)
+    }
+
+    #[test]
+    fn texts_keep_each_string_and_its_absence() {
+        #[rustfmt::skip]
+        let cases: [&[Option<&str>]; 5] = [
+            &[None, None, None],
+            &[Some("a"), None, Some("bc")],
+            &[None, Some(""), Some("x")],
+            &[Some(""), Some(""), None],
+            &[Some("TV8rwl9jC0EU1kfQez0WGg"), Some("2036-11-28T10:00:00Z"), Some("12345")],
+        ];
+        for texts in cases {
+            let packed = Texts::<3>::new(texts);
+            let back: Vec<_> = (0..3).map(|i| packed.get(i)).collect();
+            assert_eq!(back, texts, "{texts:?}");
+            assert_eq!(packed.get(3), None, "past the end");
+        }
     }
 
     #[test]
@@ -808,7 +877,7 @@ mod tests {
         let got = |cache: &SecretCache| {
             cache
                 .get("ns", "s")
-                .and_then(|s| s.resource_version.clone())
+                .and_then(|s| s.resource_version().map(String::from))
         };
         assert_eq!(cache.apply(watcher::Event::Init, &writes), None);
         assert_eq!(

@@ -120,7 +120,7 @@ impl Mappings {
             .into_iter()
             .flatten()
             .filter_map(|name| index.objects.get(name))
-            .find(|other| holds_before(other, bt))
+            .find(|other| holds_before(&other.metadata, &other.spec, bt))
             .and_then(|holder| holder.namespace())
     }
 
