@@ -24,6 +24,7 @@ mod changes;
 mod record;
 
 pub use cached::CachedToken;
+use cached::SoughtToken;
 use changes::Changes;
 use record::{Cached, CachedSecret, Lookup, OwnWrites, SecretCache};
 
@@ -1401,7 +1402,8 @@ pub async fn run(
             // A revoked current token (at the endpoint, say) is replaced at once.
             let lookup = store.clone();
             let revoked = ctx.issuer.revocations().revoked().filter_map(move |jti| {
-                let found = lookup.find(|bt| bt.holds_token(&jti));
+                let sought = SoughtToken::new(&jti);
+                let found = lookup.find(|bt| sought.held_by(bt));
                 async move { found.map(|bt| ObjectRef::from(&*bt)) }
             });
             let due = renewals_due(store.clone(), ctx.issuer.clone());

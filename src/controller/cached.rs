@@ -141,17 +141,6 @@ impl CachedToken {
         }
     }
 
-    /// Whether `jti` is the current token's id.
-    pub fn holds_token(&self, jti: &str) -> bool {
-        match &self.status {
-            Some(CachedStatus::Compact(compact)) => {
-                compact.token_id.is_some() && compact.token_id == token_id_bytes(jti)
-            }
-            Some(CachedStatus::Whole(status)) => status.token_id.as_deref() == Some(jti),
-            None => false,
-        }
-    }
-
     /// The current token's id.
     pub fn token_id(&self) -> Option<Cow<'_, str>> {
         match self.status.as_ref()? {
@@ -182,15 +171,38 @@ impl CachedToken {
     }
 }
 
+/// A token id looked for among the cached objects, decoded once rather than per object.
+pub struct SoughtToken<'a> {
+    jti: &'a str,
+    bytes: Option<[u8; 16]>,
+}
+
+impl<'a> SoughtToken<'a> {
+    pub fn new(jti: &'a str) -> Self {
+        SoughtToken {
+            jti,
+            bytes: token_id_bytes(jti),
+        }
+    }
+
+    /// Whether it is `bt`'s current token.
+    pub fn held_by(&self, bt: &CachedToken) -> bool {
+        match &bt.status {
+            Some(CachedStatus::Compact(compact)) => {
+                self.bytes.is_some() && compact.token_id == self.bytes
+            }
+            Some(CachedStatus::Whole(status)) => status.token_id.as_deref() == Some(self.jti),
+            None => false,
+        }
+    }
+}
+
 impl CompactStatus {
     /// `status` in compact form, when it has one; the caller checks that it expands to `status`.
     fn of(status: &BootstrapTokenStatus, bt: &BootstrapToken) -> Option<Self> {
         let seconds = |time: &Option<String>| match time {
             None => Some(MaybeI64(i64::MIN)),
-            Some(time) => time
-                .parse::<Timestamp>()
-                .ok()
-                .map(|t| MaybeI64(t.as_second())),
+            Some(time) => crate::revocation::parse_time(time).map(MaybeI64),
         };
         let token_id = match &status.token_id {
             None => None,
@@ -526,14 +538,15 @@ mod tests {
         let cached = CachedToken::from(object(Some(issued())));
         assert_eq!(cached.key_id(), Some("100"));
         assert_eq!(cached.token_id().as_deref(), Some(JTI));
-        assert!(cached.holds_token(JTI) && !cached.holds_token("jti"));
+        let holds = |bt: &CachedToken, jti| SoughtToken::new(jti).held_by(bt);
+        assert!(holds(&cached, JTI) && !holds(&cached, "jti"));
         assert_eq!(cached.renewal_time(), Some(NOW + 57_600));
         let whole = CachedToken::from(object(Some(with(|s| s.token_id = Some("jti".into())))));
-        assert!(whole.holds_token("jti") && !whole.holds_token(JTI));
+        assert!(holds(&whole, "jti") && !holds(&whole, JTI));
         assert_eq!(whole.token_id().as_deref(), Some("jti"));
         assert_eq!(whole.renewal_time(), Some(NOW + 57_600));
         let none = CachedToken::from(object(None));
-        assert!(none.key_id().is_none() && none.token_id().is_none() && !none.holds_token(JTI));
+        assert!(none.key_id().is_none() && none.token_id().is_none() && !holds(&none, JTI));
     }
 
     /// kube's store holds one per object: no larger than the API type it stands for.
